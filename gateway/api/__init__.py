@@ -1,0 +1,10 @@
+"""HTTP route tables, one per area, and their request/response schemas. Handlers stay thin."""
+
+from gateway.api.routing import RouteTable
+
+
+def route_tables() -> list[RouteTable]:
+    """Every area's table; a new area adds its import here."""
+    from gateway.api import system
+
+    return [system.routes]

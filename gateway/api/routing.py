@@ -1,0 +1,215 @@
+"""Route tables: every endpoint declares its schemas, its callers and whether it moves money.
+
+An area writes `routes = RouteTable("tag")` and decorates thin handlers:
+
+    @routes.post("/v1/things", body=NewThing, response=Thing, status=201,
+                 principals={PrincipalKind.RIDER}, idempotent=True)
+    async def create_thing(call: Call) -> Thing: ...
+
+The wrapper reads the body (bounded), authenticates, checks the caller's kind, applies the rate
+limit, decodes and validates body and query with the same msgspec types `/openapi.json` is built
+from, runs the Idempotency-Key protocol on money routes (handing the handler the connection of
+the transaction that also stores the answer), and encodes the result. Handlers hold no SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from gateway import errors
+from gateway.auth.principal import Principal, PrincipalKind
+from gateway.context import AUTHENTICATORS, RATE_LIMITER
+
+Handler = Callable[["Call"], Awaitable[Any]]
+JSON = "application/json"
+_encoder = msgspec.json.Encoder()
+_AT_PATH = re.compile(r"- at `\$(?P<path>[^`]*)`")
+_UNKNOWN_FIELD = re.compile(r"unknown field `(?P<field>[^`]*)`")
+
+
+@dataclass
+class Call:
+    """Everything a handler gets."""
+
+    request: web.Request
+    principal: Principal | None
+    body: Any = None
+    query: Any = None
+    # Money routes only: the connection of the transaction that will also store the answer
+    # under the Idempotency-Key. Domain functions write through it; it commits after the
+    # handler returns.
+    conn: asyncpg.Connection | None = None
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    def path_int(self, name: str) -> int:
+        """A path parameter that must be a positive integer id; else 404 (nothing to find)."""
+        raw = self.request.match_info[name]
+        if not raw.isdigit() or len(raw) > 18:
+            raise errors.NOT_FOUND.error()
+        return int(raw)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type | None = None
+    query: type | None = None
+    response: Any = None
+    status: int = 200
+    principals: frozenset[PrincipalKind] = frozenset()
+    idempotent: bool = False
+    content_type: str = JSON
+    errors: tuple[str, ...] = ()
+
+
+@dataclass
+class RouteTable:
+    tag: str
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def route(self, method: str, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            principals = frozenset(options.pop("principals", ()))
+            idempotent = options.get("idempotent", False)
+            assert not idempotent or principals, "a money route names who may call it"
+            summary = options.pop("summary", None) or (handler.__doc__ or "").strip()
+            self.endpoints.append(
+                Endpoint(method, path, handler, summary.split("\n")[0], self.tag,
+                         principals=principals, **options)
+            )  # fmt: skip
+            return handler
+
+        return register
+
+    def get(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **options)
+
+    def install(self, app: web.Application) -> None:
+        for endpoint in self.endpoints:
+            app.router.add_route(endpoint.method, endpoint.path, _wrap(endpoint))
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(value), status=status, content_type=JSON)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw body, refused early (413) when it is declared or turns out too large."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise errors.BODY_TOO_LARGE.error(limit_bytes=exc.max_size) from None
+
+
+def decode_body(raw: bytes, schema: type, request: web.Request) -> Any:
+    if not raw:
+        raw = b"{}" if request.content_type in ("", JSON, "application/octet-stream") else raw
+    elif request.content_type not in (JSON, "application/octet-stream", ""):
+        raise errors.UNSUPPORTED_MEDIA_TYPE.error()
+    try:
+        return msgspec.json.decode(raw, type=schema)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+    except msgspec.DecodeError:
+        raise errors.MALFORMED_JSON.error() from None
+
+
+def decode_query(request: web.Request, schema: type) -> Any:
+    query = request.query
+    if len(query) != len(set(query.keys())):
+        raise errors.VALIDATION_FAILED.error("A query parameter is repeated.")
+    try:
+        return msgspec.convert(dict(query), type=schema, strict=False)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc, where="query") from None
+
+
+def validation_error(exc: msgspec.ValidationError, where: str = "body") -> errors.ApiError:
+    text = str(exc)
+    details: dict[str, Any] = {"where": where, "reason": text.split(" - at ")[0]}
+    at = _AT_PATH.search(text)
+    if at:
+        details["field"] = at.group("path").lstrip(".") or "$"
+    unknown = _UNKNOWN_FIELD.search(text)
+    if unknown:
+        details["field"] = unknown.group("field")
+    return errors.VALIDATION_FAILED.error(**details)
+
+
+async def authenticate(
+    request: web.Request, raw_body: bytes, allowed: frozenset[PrincipalKind], method: str
+) -> Principal:
+    """Who is calling; 401 with no or bad credentials, 403 for the wrong kind of caller."""
+    for authenticator in request.app.get(AUTHENTICATORS, ()):
+        if authenticator.recognises(request):
+            principal: Principal = await authenticator.authenticate(request, raw_body)
+            break
+    else:
+        raise errors.UNAUTHENTICATED.error(headers={"WWW-Authenticate": "Bearer"})
+    if principal.kind not in allowed:
+        raise errors.FORBIDDEN.error()
+    if principal.kind is PrincipalKind.ADMIN and principal.role != "admin" and method != "GET":
+        raise errors.FORBIDDEN.error("Auditors only read.")
+    limiter = request.app.get(RATE_LIMITER)
+    if limiter is not None:
+        await limiter.check(principal)
+    return principal
+
+
+def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    from gateway import idempotency  # imported here: idempotency uses this module's encoders
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        raw = await read_body(request) if request.can_read_body else b""
+        principal = None
+        if endpoint.principals:
+            principal = await authenticate(request, raw, endpoint.principals, endpoint.method)
+        call = Call(request, principal)
+        if endpoint.query is not None:
+            call.query = decode_query(request, endpoint.query)
+        # Bad input is refused before an Idempotency-Key is claimed: nothing ran, nothing is kept.
+        if endpoint.body is not None:
+            call.body = decode_body(raw, endpoint.body, request)
+        elif raw.strip():
+            raise errors.VALIDATION_FAILED.error("This route takes no body.", where="body")
+        if endpoint.idempotent:
+            return await idempotency.run(call, raw, lambda c: _respond(endpoint, c))
+        return await _respond(endpoint, call)
+
+    handle.__name__ = endpoint.handler.__name__
+    return handle
+
+
+async def _respond(endpoint: Endpoint, call: Call) -> web.StreamResponse:
+    result = await endpoint.handler(call)
+    if isinstance(result, web.StreamResponse):
+        return result
+    return json_response(result, endpoint.status)
+
+
+def all_endpoints(tables: Iterable[RouteTable]) -> list[Endpoint]:
+    return [endpoint for table in tables for endpoint in table.endpoints]

@@ -1,0 +1,94 @@
+"""Operational routes: liveness, readiness, metrics, the API description and its page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway import __version__
+from gateway.api import openapi
+from gateway.api.routing import Call, RouteTable, json_response
+from gateway.context import ENDPOINTS, METRICS, POOL, REDIS
+
+routes = RouteTable("system")
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+_OPENAPI = web.AppKey("openapi_document", bytes)
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    checks: dict[str, str]
+
+
+@routes.get("/healthz", response=Health)
+async def healthz(call: Call) -> Health:
+    """The process is up and serving."""
+    return Health("ok")
+
+
+@routes.get("/readyz", response=Readiness)
+async def readyz(call: Call) -> web.Response:
+    """PostgreSQL and Redis answer; 503 naming the ones that do not."""
+    app = call.app
+    checks = dict(
+        zip(
+            ("postgresql", "redis"),
+            await asyncio.gather(_check(app[POOL].fetchval("SELECT 1")), _check(app[REDIS].ping())),
+            strict=True,
+        )
+    )
+    ready = all(state == "ok" for state in checks.values())
+    return json_response(Readiness("ok" if ready else "unavailable", checks), 200 if ready else 503)
+
+
+async def _check(probe: Any) -> str:
+    try:
+        await asyncio.wait_for(probe, READY_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("readiness check failed", extra={"error": type(exc).__name__})
+        return "down"
+    return "ok"
+
+
+@routes.get("/metrics", content_type="text/plain")
+async def metrics(call: Call) -> web.Response:
+    """Prometheus metrics in the text format."""
+    return web.Response(
+        text=call.app[METRICS].render(), content_type="text/plain", charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )  # fmt: skip
+
+
+@routes.get("/openapi.json")
+async def openapi_document(call: Call) -> web.Response:
+    """This API described in OpenAPI 3.1."""
+    app = call.app
+    document = app.get(_OPENAPI)
+    if document is None:
+        built = openapi.build(app[ENDPOINTS], "OneCard Gateway", __version__)
+        document = msgspec.json.encode(built)
+    return web.Response(body=document, content_type="application/json")
+
+
+@routes.get("/docs", content_type="text/html")
+async def docs(call: Call) -> web.FileResponse:
+    """A page that renders /openapi.json; its script is served from here, no network needed."""
+    return web.FileResponse(STATIC_DIR / "docs.html")
+
+
+@routes.get("/docs/docs.js", content_type="text/javascript")
+async def docs_script(call: Call) -> web.FileResponse:
+    """The script of /docs."""
+    return web.FileResponse(STATIC_DIR / "docs.js")

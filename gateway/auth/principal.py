@@ -1,0 +1,26 @@
+"""Who is calling: the four kinds of principal (DESIGN.md section 8)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PrincipalKind(enum.StrEnum):
+    RIDER = "rider"
+    PARTNER = "partner"
+    TERMINAL = "terminal"
+    ADMIN = "admin"  # operator staff: role "admin" may change things, "auditor" only reads
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: PrincipalKind
+    id: str
+    role: str | None = None  # operators only
+    operator: str | None = None  # terminals: the transport operator they belong to
+
+    @property
+    def key(self) -> str:
+        """Stable text form: idempotency keys, rate-limit buckets and logs use it."""
+        return f"{self.kind.value}:{self.id}"

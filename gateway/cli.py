@@ -1,0 +1,229 @@
+"""`onecard`: the operator's command. serve, migrate, ledger verify, keys init, config, ...
+
+Every subcommand reads the same `Config`; a bad setting stops it with a message naming the
+variable (exit 2). With DATABASE_URL / REDIS_URL unset, commands start the embedded servers
+under ONECARD_DATA_DIR for as long as they run. A later area adds its subcommands by writing a
+`register(subparsers)` function and listing it in `_AREAS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+
+import asyncpg
+
+from gateway import db
+from gateway.config import HELP, Config, ConfigError, env_name
+from gateway.embedded import EmbeddedServices
+from gateway.keystore import create_kek_file, load_kek
+from gateway.logs import setup_logging
+
+log = logging.getLogger("onecard")
+
+WORKER_STOP_TIMEOUT_S = 15
+Command = Callable[[argparse.Namespace, Config], int]
+
+
+@contextlib.contextmanager
+def services(config: Config) -> Iterator[Config]:
+    """The config with both URLs set, starting embedded servers for the missing ones."""
+    if config.database_url and config.redis_url:
+        yield config
+        return
+    with EmbeddedServices(config.data_dir, config.database_url, config.redis_url) as embedded:
+        yield config.replace(database_url=embedded.database_url, redis_url=embedded.redis_url)
+
+
+def _run(coroutine: object) -> object:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return uvloop.run(coroutine)  # type: ignore[arg-type]
+    return asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    workers = args.workers or config.workers
+    load_kek(config)  # fail now, not in every worker
+    with services(config) as ready:
+        applied = _run(db.migrate(ready.database_url))
+        if applied:
+            log.info("migrations applied", extra={"migrations": applied})
+        if workers == 1:
+            _run(_serve(ready, reuse_port=False))
+            return 0
+        return _supervise(ready, workers)
+
+
+async def _serve(config: Config, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    log.info("listening", extra={"url": f"http://{config.host}:{config.port}", "pid": os.getpid()})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping", extra={"pid": os.getpid()})
+    await runner.cleanup()
+
+
+def _supervise(config: Config, workers: int) -> int:
+    """N worker processes sharing the port (SO_REUSEPORT); stop them all on SIGINT/SIGTERM."""
+    env = dict(os.environ, DATABASE_URL=config.database_url, REDIS_URL=config.redis_url)
+    command = [sys.executable, "-m", "gateway.cli", "serve-worker"]
+    children = [subprocess.Popen(command, env=env) for _ in range(workers)]  # noqa: S603
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                code = child.wait(timeout=1 if not stopping else WORKER_STOP_TIMEOUT_S)
+                break
+            except subprocess.TimeoutExpired:
+                if stopping:
+                    child.kill()
+                elif any(c.poll() not in (None, 0) for c in children):
+                    stop(signal.SIGTERM, None)  # one worker died: take the others down too
+        status = status or (code if code > 0 else 0)
+    return status
+
+
+def cmd_serve_worker(args: argparse.Namespace, config: Config) -> int:
+    _run(_serve(config, reuse_port=True))
+    return 0
+
+
+# --------------------------------------------------------------------------- migrate
+def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
+    with services(config) as ready:
+        applied = _run(db.migrate(ready.database_url))
+    print("\n".join(f"applied {name}" for name in applied) or "database is up to date")  # type: ignore[union-attr]
+    return 0
+
+
+# --------------------------------------------------------------------------- ledger
+def cmd_ledger_verify(args: argparse.Namespace, config: Config) -> int:
+    from gateway.ledger.verify import verify_ledger
+
+    async def verify(dsn: str) -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await verify_ledger(conn)
+        finally:
+            await conn.close()
+
+    with services(config) as ready:
+        problems: list[str] = _run(verify(ready.database_url))  # type: ignore[assignment]
+    if problems:
+        print(f"ledger verify: {len(problems)} problem(s)")
+        for line in problems:
+            print(f"  {line}")
+        return 1
+    print("ledger verify: ok (every txn sums to zero; every balance equals its entries)")
+    return 0
+
+
+# --------------------------------------------------------------------------- keys
+def cmd_keys_init(args: argparse.Namespace, config: Config) -> int:
+    if config.kek:
+        print("ONECARD_KEK is set: no key file needed")
+        return 0
+    if create_kek_file(config.kek_file):
+        print(f"created the key-encryption key file {config.kek_file} (mode 0600); back it up")
+    else:
+        load_kek(config)  # an existing file must be usable
+        print(f"{config.kek_file} exists; left as it is")
+    return 0
+
+
+# --------------------------------------------------------------------------- config
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    for field in fields(Config):
+        value = getattr(config, field.name)
+        if field.name in ("kek",) and value:
+            value = "(set)"
+        print(f"{env_name(field.name)}={value}    # {HELP[field.name]}")
+    return 0
+
+
+def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--workers", type=int, default=0, help="processes sharing the port")
+    serve.set_defaults(command=cmd_serve)
+    sub.add_parser("serve-worker", help=argparse.SUPPRESS).set_defaults(command=cmd_serve_worker)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(command=cmd_migrate)
+    ledger = sub.add_parser("ledger", help="ledger tools").add_subparsers(required=True)
+    ledger.add_parser("verify", help="prove every txn and balance").set_defaults(
+        command=cmd_ledger_verify
+    )
+    keys = sub.add_parser("keys", help="key management").add_subparsers(required=True)
+    keys.add_parser("init", help="create the key-encryption key file").set_defaults(
+        command=cmd_keys_init
+    )
+    sub.add_parser("config", help="print every setting").set_defaults(command=cmd_config)
+
+
+_AREAS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _register_platform,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onecard", description="OneCard Gateway")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    for register in _AREAS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = Config.from_env()
+        if getattr(args, "workers", 0) < 0:
+            raise ConfigError("--workers must be positive")
+    except ConfigError as exc:
+        print(f"onecard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.access_log)
+    try:
+        status: int = args.command(args, config)
+    except ConfigError as exc:
+        print(f"onecard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except db.MigrationError as exc:
+        print(f"onecard: migration refused: {exc}", file=sys.stderr)
+        return 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

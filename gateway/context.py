@@ -1,0 +1,29 @@
+"""Typed keys of the application's shared state (`app[POOL]`, ...), in one place.
+
+Only `gateway.app` sets them; everything else reads them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import redis.asyncio as redis
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.keystore import Keystore
+from gateway.metrics import Registry
+
+if TYPE_CHECKING:
+    from gateway.api.routing import Endpoint
+
+CONFIG = web.AppKey("config", Config)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", redis.Redis)
+KEYSTORE = web.AppKey("keystore", Keystore)
+METRICS = web.AppKey("metrics", Registry)
+ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
+# Authenticators (gateway.auth) and the rate limiter; typed loosely to keep this module light.
+AUTHENTICATORS = web.AppKey("authenticators", list[Any])
+RATE_LIMITER = web.AppKey("rate_limiter", Any)

@@ -1,0 +1,29 @@
+"""The double-entry ledger (DESIGN.md section 5): accounts, postings, verification.
+
+Every money movement is one txn of two or more entries summing to zero, posted with
+`post()` inside the caller's database transaction, next to the business row that caused it.
+"""
+
+from gateway.ledger.accounts import AccountKind, account_balance, open_account
+from gateway.ledger.postings import (
+    DuplicatePosting,
+    FloorBreach,
+    Leg,
+    LedgerError,
+    Posting,
+    UnknownAccount,
+    post,
+)
+
+__all__ = [
+    "AccountKind",
+    "DuplicatePosting",
+    "FloorBreach",
+    "Leg",
+    "LedgerError",
+    "Posting",
+    "UnknownAccount",
+    "account_balance",
+    "open_account",
+    "post",
+]

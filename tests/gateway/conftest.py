@@ -1,0 +1,130 @@
+"""Fixtures against the real PostgreSQL and Redis.
+
+DATABASE_URL / REDIS_URL when set (CI), otherwise embedded servers under .onecard/test-services
+(never the data of a running `make run`). Each test session creates its own database and Redis
+key prefix, and drops them afterwards. After every test, the ledger must verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as redis
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway import db
+from gateway.api.routing import RouteTable
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.embedded import EmbeddedServices
+from gateway.ledger.verify import verify_ledger
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(dsn)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    if database_url and redis_url:
+        yield database_url, redis_url
+        return
+    with EmbeddedServices(ROOT / ".onecard" / "test-services", database_url, redis_url) as emb:
+        yield emb.database_url, emb.redis_url
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    admin_dsn = server_urls[0]
+    name = f"onecard_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = with_database(admin_dsn, name)
+    try:
+        await db.migrate(dsn)
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def config(database_url: str, server_urls: tuple[str, str]) -> AsyncIterator[Config]:
+    prefix = f"test-{secrets.token_hex(6)}:"
+    yield Config(
+        database_url=database_url,
+        redis_url=server_urls[1],
+        redis_prefix=prefix,
+        kek=base64.b64encode(secrets.token_bytes(32)).decode(),
+        access_log=False,
+        db_pool_size_max=20,
+    )
+    client = redis.Redis.from_url(server_urls[1])
+    keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    test_pool = await asyncpg.create_pool(database_url, min_size=2, max_size=30)
+    assert test_pool is not None
+    yield test_pool
+    await test_pool.close()
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def make_client(config: Config) -> AsyncIterator[ClientFactory]:
+    """Start the gateway (the real app factory) on a real socket; stop it after the test."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(
+        extra_routes: list[RouteTable] | None = None, **changes: Any
+    ) -> TestClient[Any, Any]:
+        app = create_app(config.replace(**changes), extra_routes=extra_routes or [])
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+@pytest.fixture(scope="session")
+async def client(config: Config) -> AsyncIterator[TestClient[Any, Any]]:
+    """One gateway for the whole session, for tests that need no special settings."""
+    app = create_app(config)
+    test_client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await test_client.start_server()
+    yield test_client
+    await test_client.close()
+
+
+@pytest.fixture(autouse=True)
+async def ledger_verifies(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """Every test leaves a ledger that `onecard ledger verify` accepts."""
+    yield
+    async with pool.acquire() as conn:
+        problems = await verify_ledger(conn)
+    assert problems == [], problems
