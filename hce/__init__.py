@@ -1,0 +1,12 @@
+"""The card side of OneCard: APDUs, card cryptography, a software e-purse card, a gate's SAM and
+simulator, the HCE virtual card applet, card readers and a command line (`python -m hce`).
+
+Modules: `apdu` (ISO 7816-4 and the e-purse commands), `card_crypto` (diversification, session
+keys, MAC, TAC, LUKs), `issuer` (what the gateway computes as the issuer's security module),
+`software_card`, `sam`, `terminal` (the gate), `virtual_card` (HCE applet, LUK envelopes),
+`readers`.
+
+This package is a library a phone, a gate and the gateway share: it never imports aiohttp,
+asyncpg or redis, does no network or database I/O, and never reads the clock where a caller can
+pass the time in.
+"""
