@@ -13,6 +13,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,12 +107,12 @@ def _aad(kind: KeyKind, name: str, version: int) -> bytes:
 _INSERT = """
 INSERT INTO secret_keys (kind, name, version, kek_id, nonce, ciphertext, public_data, meta,
                          not_after)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9)
 RETURNING id, status, created_at
 """
 
 _SELECT = """
-SELECT id, kind, name, version, status, kek_id, nonce, ciphertext, public_data, meta,
+SELECT id, kind, name, version, status, kek_id, nonce, ciphertext, public_data, meta::text,
        created_at, not_after
 FROM secret_keys WHERE kind = $1 AND name = $2
 """
@@ -155,7 +156,7 @@ class Keystore:
                 async with conn.transaction():  # a savepoint when the caller has a transaction
                     row = await conn.fetchrow(
                         _INSERT, kind.value, name, version, self._kek_id, nonce, ciphertext,
-                        public_data, meta or {}, not_after,
+                        public_data, json.dumps(meta or {}), not_after,
                     )  # fmt: skip
             except asyncpg.UniqueViolationError:
                 continue
@@ -222,7 +223,7 @@ class Keystore:
             ) from None
         key = StoredKey(
             row["id"], kind, row["name"], row["version"], row["status"], secret,
-            row["public_data"], row["meta"], row["created_at"], row["not_after"],
+            row["public_data"], json.loads(row["meta"]), row["created_at"], row["not_after"],
         )  # fmt: skip
         self._cache[key.id] = key
         return key

@@ -25,13 +25,13 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.auth.principal import Principal, PrincipalKind
-from gateway.context import AUTHENTICATORS, RATE_LIMITER
+from gateway.context import AUTHENTICATORS, CONFIG, RATE_LIMITER
 
 Handler = Callable[["Call"], Awaitable[Any]]
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 _AT_PATH = re.compile(r"- at `\$(?P<path>[^`]*)`")
-_UNKNOWN_FIELD = re.compile(r"unknown field `(?P<field>[^`]*)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<field>[^`]*)`")
 
 
 @dataclass
@@ -119,10 +119,13 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 async def read_body(request: web.Request) -> bytes:
     """The raw body, refused early (413) when it is declared or turns out too large."""
+    limit = request.app[CONFIG].body_bytes_max
+    if (request.content_length or 0) > limit:
+        raise errors.BODY_TOO_LARGE.error(limit_bytes=limit)
     try:
         return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise errors.BODY_TOO_LARGE.error(limit_bytes=exc.max_size) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise errors.BODY_TOO_LARGE.error(limit_bytes=limit) from None
 
 
 def decode_body(raw: bytes, schema: type, request: web.Request) -> Any:
@@ -150,13 +153,12 @@ def decode_query(request: web.Request, schema: type) -> Any:
 
 def validation_error(exc: msgspec.ValidationError, where: str = "body") -> errors.ApiError:
     text = str(exc)
-    details: dict[str, Any] = {"where": where, "reason": text.split(" - at ")[0]}
     at = _AT_PATH.search(text)
-    if at:
-        details["field"] = at.group("path").lstrip(".") or "$"
-    unknown = _UNKNOWN_FIELD.search(text)
-    if unknown:
-        details["field"] = unknown.group("field")
+    path = at.group("path").lstrip(".") if at else ""
+    named = _NAMED_FIELD.search(text)
+    if named:
+        path = f"{path}.{named.group('field')}" if path else named.group("field")
+    details = {"where": where, "reason": text.split(" - at ")[0], "field": path or "$"}
     return errors.VALIDATION_FAILED.error(**details)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as redis
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import db
@@ -97,9 +98,13 @@ async def make_client(config: Config) -> AsyncIterator[ClientFactory]:
     clients: list[TestClient[Any, Any]] = []
 
     async def start(
-        extra_routes: list[RouteTable] | None = None, **changes: Any
+        extra_routes: list[RouteTable] | None = None,
+        setup: Callable[[web.Application], None] | None = None,
+        **changes: Any,
     ) -> TestClient[Any, Any]:
         app = create_app(config.replace(**changes), extra_routes=extra_routes or [])
+        if setup is not None:
+            setup(app)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
