@@ -1,0 +1,147 @@
+"""QR gate SDK throughput, as ratios to raw `cryptography` ECDSA P-256 verify in the same run.
+
+    .venv/bin/python -m bench.qr
+
+Figures (one core; best of several rounds, the baseline and each subject interleaved so a
+busy neighbour process skews both sides alike):
+- raw P-256 verifications per second: the limit a gate cannot beat;
+- `verify` per second on a stream where 90 % of codes come from riders whose certificate the
+  gate has seen (target >= 0.8 of raw) and where every certificate is new (target >= 0.45);
+- the cost of replay protection (`MemoryReplayCache`) on the first stream;
+- type 02 (online) codes verified per second;
+- PNG images rendered per second.
+
+Codes issued per second through the gateway's HTTP API belong with the gateway and are
+measured there, not here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from qr.phone import Phone, generate_device_key
+from qr.render import render_png
+from qr.signing import ECDSA_SHA256, generate_private_key, issue_certificate, issue_online_code
+from qr.verify import CertificateCache, MemoryReplayCache, verify
+
+NOW = 1_750_000_000
+KEY_ID = 3
+CODES_PER_ROUND = 2_000
+WARM_RIDERS = 200
+ROUNDS = 7
+PNG_SECONDS = 2.0
+
+IssuerKeys = dict[int, ec.EllipticCurvePublicKey]
+
+
+def _rider(issuer: ec.EllipticCurvePrivateKey, account_id: int) -> Phone:
+    device = generate_device_key()
+    cert = issue_certificate(
+        issuer, KEY_ID, account_id, device.public_key(), NOW - 3600, NOW + 86_400, 500
+    )
+    return Phone(cert, device)
+
+
+def _verify_pass(
+    codes: Sequence[bytes], keys: IssuerKeys, warm: Sequence[bytes] = (), replay: bool = False
+) -> Callable[[], float]:
+    """A timed pass over `codes` with a fresh certificate cache warmed (untimed) by `warm`."""
+
+    def run() -> float:
+        cache = CertificateCache()
+        for code in warm:
+            verify(code, keys, NOW, cert_cache=cache)
+        seen = MemoryReplayCache() if replay else None
+        started = time.perf_counter()
+        for code in codes:
+            verify(code, keys, NOW, seen=seen, cert_cache=cache)
+        return (time.perf_counter() - started) / len(codes)
+
+    return run
+
+
+def _raw_pass() -> Callable[[], float]:
+    device = generate_device_key()
+    message = bytes(range(129))
+    der = device.sign(message, ECDSA_SHA256)
+    public = device.public_key()
+
+    def run() -> float:
+        started = time.perf_counter()
+        for _ in range(CODES_PER_ROUND):
+            public.verify(der, message, ECDSA_SHA256)
+        return (time.perf_counter() - started) / CODES_PER_ROUND
+
+    return run
+
+
+def _streams(issuer: ec.EllipticCurvePrivateKey) -> dict[str, tuple[list[bytes], list[bytes]]]:
+    """name -> (codes, warm-up codes), all valid at NOW."""
+    warm_riders = [_rider(issuer, 10_000 + i) for i in range(WARM_RIDERS)]
+    warm = [phone.make_code(NOW - 30) for phone in warm_riders]
+    mostly_seen = [
+        _rider(issuer, 50_000 + i).make_code(NOW)
+        if i % 10 == 0
+        else warm_riders[i % WARM_RIDERS].make_code(NOW)
+        for i in range(CODES_PER_ROUND)
+    ]
+    all_new = [_rider(issuer, 100_000 + i).make_code(NOW) for i in range(CODES_PER_ROUND)]
+    online = [issue_online_code(issuer, KEY_ID, i, NOW).to_bytes() for i in range(CODES_PER_ROUND)]
+    return {"seen": (mostly_seen, warm), "new": (all_new, []), "online": (online, [])}
+
+
+def main() -> None:
+    issuer = generate_private_key()
+    keys: IssuerKeys = {KEY_ID: issuer.public_key()}
+    streams = _streams(issuer)
+    for codes, _ in streams.values():
+        refused = [v.reason for v in (verify(c, keys, NOW) for c in codes) if not v.ok]
+        if refused:
+            raise RuntimeError(f"benchmark codes refused: {refused[:3]}")
+    seen, warm = streams["seen"]
+    subjects = {
+        "raw cryptography P-256 verify": _raw_pass(),
+        "verify type 01, 90 % riders seen before": _verify_pass(seen, keys, warm),
+        "verify type 01, every certificate new": _verify_pass(streams["new"][0], keys),
+        "verify type 01, 90 % seen, MemoryReplayCache": _verify_pass(seen, keys, warm, True),
+        "verify type 02 (online code)": _verify_pass(streams["online"][0], keys),
+    }
+    best = dict.fromkeys(subjects, float("inf"))
+    for _ in range(ROUNDS):
+        for name, run in subjects.items():
+            best[name] = min(best[name], run())
+
+    raw_s = best["raw cryptography P-256 verify"]
+    targets = {
+        "verify type 01, 90 % riders seen before": 0.8,
+        "verify type 01, every certificate new": 0.45,
+    }
+    for name, per_code_s in best.items():
+        ratio = raw_s / per_code_s
+        goal = ""
+        if name in targets:
+            verdict = "met" if ratio >= targets[name] else "MISSED"
+            goal = f"  target >= {targets[name]:.2f}: {verdict}"
+        print(f"{name:<46} {1 / per_code_s:>8,.0f} /s  {ratio:5.3f} x raw{goal}", flush=True)
+    replay_us = (
+        best["verify type 01, 90 % seen, MemoryReplayCache"]
+        - best["verify type 01, 90 % riders seen before"]
+    ) * 1e6
+    print(f"{'replay cache cost per code':<46} {replay_us:8.2f} us", flush=True)
+    print(f"{'PNG images rendered per second':<46} {_png_rate(seen[0]):>8,.0f} /s", flush=True)
+
+
+def _png_rate(code: bytes) -> float:
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < PNG_SECONDS:
+        render_png(code)
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
