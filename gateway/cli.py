@@ -16,8 +16,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import fields
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -31,6 +32,7 @@ log = logging.getLogger("onecard")
 
 WORKER_STOP_TIMEOUT_S = 15
 Command = Callable[[argparse.Namespace, Config], int]
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -43,12 +45,12 @@ def services(config: Config) -> Iterator[Config]:
         yield config.replace(database_url=embedded.database_url, redis_url=embedded.redis_url)
 
 
-def _run(coroutine: object) -> object:
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     with contextlib.suppress(ImportError):
         import uvloop
 
-        return uvloop.run(coroutine)  # type: ignore[arg-type]
-    return asyncio.run(coroutine)  # type: ignore[arg-type]
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
 
 
 # --------------------------------------------------------------------------- serve
@@ -125,7 +127,7 @@ def cmd_serve_worker(args: argparse.Namespace, config: Config) -> int:
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     with services(config) as ready:
         applied = _run(db.migrate(ready.database_url))
-    print("\n".join(f"applied {name}" for name in applied) or "database is up to date")  # type: ignore[union-attr]
+    print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
     return 0
 
 
@@ -141,7 +143,7 @@ def cmd_ledger_verify(args: argparse.Namespace, config: Config) -> int:
             await conn.close()
 
     with services(config) as ready:
-        problems: list[str] = _run(verify(ready.database_url))  # type: ignore[assignment]
+        problems = _run(verify(ready.database_url))
     if problems:
         print(f"ledger verify: {len(problems)} problem(s)")
         for line in problems:

@@ -135,11 +135,7 @@ for _field in fields(Config):
     else:
         _PARSERS[_field.name] = str
 
-_POSITIVE = [
-    f.name
-    for f in fields(Config)
-    if f.type == "int" and f.name not in ("port",)
-]
+_POSITIVE = [f.name for f in fields(Config) if f.type == "int" and f.name not in ("port",)]
 
 # One line per variable for README and `onecard config`: what it sets.
 HELP: dict[str, str] = {

@@ -5,7 +5,7 @@ Only `gateway.app` sets them; everything else reads them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import redis.asyncio as redis
@@ -17,6 +17,12 @@ from gateway.metrics import Registry
 
 if TYPE_CHECKING:
     from gateway.api.routing import Endpoint
+    from gateway.auth.principal import Principal
+
+
+class RateLimiter(Protocol):
+    async def check(self, principal: Principal) -> None:
+        """Raise 429 `rate_limited` when the principal is over its limit."""
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -26,4 +32,4 @@ METRICS = web.AppKey("metrics", Registry)
 ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
 # Authenticators (gateway.auth) and the rate limiter; typed loosely to keep this module light.
 AUTHENTICATORS = web.AppKey("authenticators", list[Any])
-RATE_LIMITER = web.AppKey("rate_limiter", Any)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

@@ -57,7 +57,9 @@ class EmbeddedServices:
             warnings.simplefilter("ignore")
             import pgserver
 
-            self._pg = pgserver.get_server(self.data_dir / "postgres", cleanup_mode="stop")
+            self._pg = pgserver.get_server(  # type: ignore[attr-defined]
+                self.data_dir / "postgres", cleanup_mode="stop"
+            )
         uri: str = self._pg.get_uri()
         return uri
 

@@ -60,9 +60,7 @@ def define(code: str, status: int, message: str) -> ErrorCode:
 # --- platform: request shape -------------------------------------------------------------
 MALFORMED_JSON = define("malformed_json", 400, "The request body is not valid JSON.")
 VALIDATION_FAILED = define("validation_failed", 400, "The request does not match the schema.")
-UNSUPPORTED_MEDIA_TYPE = define(
-    "unsupported_media_type", 415, "Send the body as application/json."
-)
+UNSUPPORTED_MEDIA_TYPE = define("unsupported_media_type", 415, "Send the body as application/json.")
 BODY_TOO_LARGE = define("body_too_large", 413, "The request body is larger than allowed.")
 NOT_FOUND = define("not_found", 404, "No such resource.")
 METHOD_NOT_ALLOWED = define("method_not_allowed", 405, "This method is not allowed here.")

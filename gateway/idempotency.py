@@ -1,7 +1,8 @@
 """The Idempotency-Key protocol of every POST that moves money (DESIGN.md section 8).
 
 Keys are unique per (principal, key) in PostgreSQL and remembered for `idempotency_ttl_s`:
-- same key, same request      -> the stored answer (same status and body), `Idempotent-Replayed: true`
+- same key, same request      -> the stored answer (same status and body),
+                                 with `Idempotent-Replayed: true`
 - same key, different request -> 422 `idempotency_key_reused`
 - same key, first still running -> 409 `idempotency_key_in_flight`
 - no key on a money route     -> 400 `idempotency_key_required`
@@ -56,7 +57,8 @@ ON CONFLICT (principal, key) DO UPDATE
        response_status = NULL, response_body = NULL, created_at = now(),
        expires_at = EXCLUDED.expires_at
  WHERE k.expires_at <= now()
-    OR (k.state = 'in_flight' AND k.locked_until <= now() AND k.request_hash = EXCLUDED.request_hash)
+    OR (k.state = 'in_flight' AND k.locked_until <= now()
+        AND k.request_hash = EXCLUDED.request_hash)
 RETURNING true
 """
 
@@ -146,7 +148,9 @@ async def run(
     return response
 
 
-async def _claim(app: web.Application, principal: str, key: str, digest: bytes) -> uuid.UUID | Stored:
+async def _claim(
+    app: web.Application, principal: str, key: str, digest: bytes
+) -> uuid.UUID | Stored:
     config = app[CONFIG]
     pool = app[POOL]
     for _ in range(CLAIM_ATTEMPTS_MAX):

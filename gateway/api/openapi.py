@@ -114,7 +114,10 @@ def _parameters(endpoint: Endpoint, path: str, components: dict[str, Any]) -> li
 
 
 def _responses(endpoint: Endpoint, schema_of: dict[int, Any]) -> dict[str, Any]:
-    error = {"description": "Error", "content": {"application/json": {"schema": schema_of[id(Error)]}}}
+    error = {
+        "description": "Error",
+        "content": {"application/json": {"schema": schema_of[id(Error)]}},
+    }
     ok: dict[str, Any] = {"description": "OK"}
     if endpoint.response is not None:
         ok["content"] = {endpoint.content_type: {"schema": schema_of[id(endpoint.response)]}}

@@ -158,7 +158,11 @@ def validation_error(exc: msgspec.ValidationError, where: str = "body") -> error
     named = _NAMED_FIELD.search(text)
     if named:
         path = f"{path}.{named.group('field')}" if path else named.group("field")
-    details = {"where": where, "reason": text.split(" - at ")[0], "field": path or "$"}
+    details: dict[str, Any] = {
+        "where": where,
+        "reason": text.split(" - at ")[0],
+        "field": path or "$",
+    }
     return errors.VALIDATION_FAILED.error(**details)
 
 

@@ -82,4 +82,5 @@ def _ledger_error(exc: asyncpg.PostgresError) -> Exception:
         return UnknownAccount(int(detail))
     if state == "23505" and getattr(exc, "constraint_name", "") == "ledger_txns_kind_ref_key":
         return DuplicatePosting(str(exc))
-    return exc
+    unexpected: Exception = exc
+    return unexpected
