@@ -165,6 +165,9 @@ class Gate:
                     return A.SelectResponse.from_bytes(answer.data)
                 except A.ApduError as exc:
                     raise _refuse(DeclineReason.CARD_ERROR, f"bad FCI: {exc}") from None
+            if answer.sw != A.StatusWord.FILE_NOT_FOUND:
+                # The application is there but refuses (e.g. a phone with no key left).
+                raise _refuse(DeclineReason.CARD_ERROR, f"SELECT: {answer.meaning}", answer.sw)
         raise _refuse(DeclineReason.CARD_ERROR, "no e-purse application", answer.sw)
 
     def _issuer_info(self, fci: A.SelectResponse) -> A.IssuerInfo:
