@@ -10,12 +10,12 @@ This module must never log, print or persist a key, never compare MACs with `==`
 Performance: triple DES runs in OpenSSL through `cryptography`; creating a cipher context costs
 about as much as ten block encryptions, so keys that are used again (master keys, card keys,
 TAC keys) keep their encryptor. A MAC is one CBC encryption of the padded data, so a MAC over n
-blocks costs about n DES block encryptions plus one call.
+blocks costs about n DES block encryptions plus one call. Cipher contexts are stateful, so each
+thread keeps its own (bounded) cache of them; every function here is safe to call from threads.
 """
 
 from __future__ import annotations
 
-import functools
 import hmac
 import threading
 from dataclasses import dataclass
@@ -71,52 +71,62 @@ def _check_len(name: str, value: bytes, size: int) -> None:
 
 
 class _BlockCipher:
-    """An ECB encryptor for one triple-DES key (24 bytes), safe to share between threads."""
+    """An ECB encryptor for one triple-DES key (24 bytes). Used by one thread only."""
 
-    __slots__ = ("_enc", "_lock")
+    __slots__ = ("_enc",)
 
     def __init__(self, key24: bytes) -> None:
         self._enc = Cipher(TripleDES(key24), modes.ECB()).encryptor()  # noqa: S305 - the protocol encrypts single blocks
-        self._lock = threading.Lock()
 
     def encrypt(self, data: bytes) -> bytes:
-        with self._lock:
-            return self._enc.update(data)
+        return self._enc.update(data)
 
 
 class _CbcMac:
-    """A long-lived single-DES CBC encryptor used for CBC-MAC with IV 0.
+    """A long-lived single-DES CBC encryptor used for CBC-MAC with IV 0. One thread only.
 
     The encryptor keeps chaining across calls; XOR-ing the first block of each new message with
-    the last ciphertext block produced cancels that chaining, which is exactly a fresh IV of 0.
-    This saves creating a cipher context per MAC (the dominant cost for short messages).
+    the last ciphertext block produced (`chain`) cancels that chaining, which is exactly a fresh
+    IV of 0. This saves creating a cipher context per MAC (the dominant cost for short data).
     """
 
-    __slots__ = ("_chain", "_enc", "_lock")
+    __slots__ = ("chain", "enc")
 
     def __init__(self, key8: bytes) -> None:
-        self._enc = Cipher(TripleDES(key8 * 3), modes.CBC(bytes(BLOCK_BYTES))).encryptor()
-        self._chain = 0
-        self._lock = threading.Lock()
-
-    def last_block(self, padded: bytes) -> bytes:
-        first = int.from_bytes(padded[:BLOCK_BYTES], "big")
-        with self._lock:
-            head = (first ^ self._chain).to_bytes(BLOCK_BYTES, "big")
-            out = self._enc.update(head + padded[BLOCK_BYTES:])
-            last = out[-BLOCK_BYTES:]
-            self._chain = int.from_bytes(last, "big")
-        return last
+        self.enc = Cipher(TripleDES(key8 * 3), modes.CBC(bytes(BLOCK_BYTES))).encryptor()
+        self.chain = 0
 
 
-@functools.lru_cache(maxsize=cipher_cache_size_max)
+class _ThreadCache(threading.local):
+    """Cipher contexts are stateful and not shareable between threads: each thread keeps its
+    own, at most `cipher_cache_size_max` of each kind (emptied when full, which is rare)."""
+
+    def __init__(self) -> None:
+        self.ecb: dict[bytes, _BlockCipher] = {}
+        self.mac: dict[bytes, _CbcMac] = {}
+
+
+_cache = _ThreadCache()
+
+
 def _double_key_cipher(key16: bytes) -> _BlockCipher:
-    return _BlockCipher(key16 + key16[:8])
+    ciphers = _cache.ecb
+    cipher = ciphers.get(key16)
+    if cipher is None:
+        if len(ciphers) >= cipher_cache_size_max:
+            ciphers.clear()
+        cipher = ciphers[key16] = _BlockCipher(key16 + key16[:8])
+    return cipher
 
 
-@functools.lru_cache(maxsize=cipher_cache_size_max)
 def _mac_engine(key8: bytes) -> _CbcMac:
-    return _CbcMac(key8)
+    engines = _cache.mac
+    engine = engines.get(key8)
+    if engine is None:
+        if len(engines) >= cipher_cache_size_max:
+            engines.clear()
+        engine = engines[key8] = _CbcMac(key8)
+    return engine
 
 
 def encrypt_block(key: bytes, data: bytes) -> bytes:
@@ -163,15 +173,36 @@ def purchase_session_key(
     return encrypt_block(dpk, data)
 
 
+_PAD_TAILS = tuple(b"\x80" + bytes(7 - r) for r in range(BLOCK_BYTES))
+
+
 def _pad(data: bytes) -> bytes:
-    padded = bytes(data) + b"\x80"
-    return padded + bytes(-len(padded) % BLOCK_BYTES)
+    return data + _PAD_TAILS[len(data) % BLOCK_BYTES]
 
 
 def mac(session_key: bytes, data: bytes) -> bytes:
     """Single-DES CBC-MAC, IV 0, `80 00..` padding always added; leftmost 4 bytes."""
-    _check_len("session key", session_key, SINGLE_KEY_BYTES)
-    return _mac_engine(bytes(session_key)).last_block(_pad(data))[:MAC_BYTES]
+    # The hot path of every transaction: kept flat on purpose (see the module docstring).
+    try:
+        engine = _cache.mac[session_key]
+    except (KeyError, TypeError):
+        engine = _mac_engine(_key8(session_key))
+    if type(data) is not bytes:
+        data = bytes(data)
+    padded = data + _PAD_TAILS[len(data) % BLOCK_BYTES]
+    chain = engine.chain
+    if chain:  # cancel the encryptor's chaining: IV 0 for this message
+        head = int.from_bytes(padded[:BLOCK_BYTES], "big") ^ chain
+        padded = head.to_bytes(BLOCK_BYTES, "big") + padded[BLOCK_BYTES:]
+    last = engine.enc.update(padded)[-BLOCK_BYTES:]
+    engine.chain = int.from_bytes(last, "big")
+    return last[:MAC_BYTES]
+
+
+def _key8(key: bytes) -> bytes:
+    if len(key) != SINGLE_KEY_BYTES:
+        raise ValueError(f"a MAC key must be 8 bytes, got {len(key)}")
+    return bytes(key)
 
 
 def verify_mac(key: bytes, data: bytes, expected: bytes) -> None:

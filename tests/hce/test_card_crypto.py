@@ -139,3 +139,16 @@ def test_luk_derivation_follows_the_rule():
 def test_bad_sizes_are_refused(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_mac_is_right_from_many_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = h("0123456789ABCDEF")
+    expected = {i: cc.mac(key, i.to_bytes(3, "big")) for i in range(200)}
+
+    def work(i):
+        return cc.mac(key, i.to_bytes(3, "big")) == expected[i] and cc.diversify(MPK, ASN) == DPK
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, list(range(200)) * 10))
