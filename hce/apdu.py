@@ -153,7 +153,8 @@ def _u16(name: str, value: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class CommandApdu:
-    """`CLA INS P1 P2 [Lc data] [Le]`, short lengths only. `le` is 1..256 or None (absent)."""
+    """`CLA INS P1 P2 [Lc data] [Le]` (ISO 7816-4), short lengths only. `le` is 1..256 (Le byte
+    00 means 256) or None (absent)."""
 
     cla: int
     ins: int
@@ -405,7 +406,8 @@ def _parse_tlvs(raw: bytes) -> list[tuple[bytes, bytes]]:
 
 @dataclass(frozen=True, slots=True)
 class SelectResponse:
-    """FCI: `6F { 84 AID, A5 { 9F08 version, 9F0C file 0015, [DF61 seq‖until] } }`."""
+    """FCI: `6F { 84 AID, A5 { 9F08 version, 9F0C file 0015, [DF61 seq‖until] } }`
+    (CARD_PROTOCOL.md "Applications and files", "Virtual cards")."""
 
     aid: bytes
     app_version: int
@@ -446,7 +448,8 @@ class SelectResponse:
 
 @dataclass(frozen=True, slots=True)
 class ReadBinary:
-    """READ BINARY by SFI: `00 B0 (80|SFI) offset Le`; file 0015 is `00 B0 95 00 1E`."""
+    """READ BINARY by SFI: `00 B0 (80|SFI) offset Le`; file 0015 is `00 B0 95 00 1E`
+    (CARD_PROTOCOL.md "Applications and files", "Other commands")."""
 
     sfi: int = SFI_ISSUER_INFO
     offset: int = 0
@@ -472,7 +475,8 @@ class ReadBinary:
 
 @dataclass(frozen=True, slots=True)
 class ReadRecord:
-    """READ RECORD: `00 B2 nn (SFI<<3|4) Le`; records of 0018 are `00 B2 nn C4 17`."""
+    """READ RECORD: `00 B2 nn (SFI<<3|4) Le`; records of 0018 are `00 B2 nn C4 17`
+    (CARD_PROTOCOL.md "Applications and files", "Other commands")."""
 
     record: int
     sfi: int = SFI_RECORDS
