@@ -18,7 +18,23 @@ from gateway import db, idempotency
 from gateway.api import route_tables
 from gateway.api.routing import RouteTable, all_endpoints
 from gateway.config import Config
-from gateway.context import AUTHENTICATORS, CONFIG, ENDPOINTS, KEYSTORE, METRICS, POOL, REDIS
+from gateway.auth.bearer import BearerAuthenticator
+from gateway.auth.partners import PartnerAuthenticator
+from gateway.auth.ratelimit import LoginGuard, RateLimiter
+from gateway.auth.terminals import TerminalAuthenticator
+from gateway.auth.tokens import TokenKeys
+from gateway.context import (
+    AUTHENTICATORS,
+    CONFIG,
+    ENDPOINTS,
+    KEYSTORE,
+    LOGIN_GUARD,
+    METRICS,
+    POOL,
+    RATE_LIMITER,
+    REDIS,
+    TOKEN_KEYS,
+)
 from gateway.keystore import Keystore, load_kek
 from gateway.metrics import Registry
 from gateway.middleware import HTTP_METRICS, HttpMetrics, observe
@@ -45,6 +61,7 @@ def create_app(config: Config, extra_routes: Iterable[RouteTable] = ()) -> web.A
     app[ENDPOINTS] = all_endpoints(tables)
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_identity)
     app.cleanup_ctx.append(_idempotency_purger)
     return app
 
@@ -72,6 +89,24 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     yield
     await client.aclose()
+
+
+async def _identity(app: web.Application) -> AsyncIterator[None]:
+    """Token keys, the three authenticators and the rate limits."""
+    config, pool, client = app[CONFIG], app[POOL], app[REDIS]
+    keys = TokenKeys(app[KEYSTORE], pool)
+    await keys.load()
+    app[TOKEN_KEYS] = keys
+    app[AUTHENTICATORS].extend(
+        [
+            BearerAuthenticator(keys, config.jwt_issuer),
+            PartnerAuthenticator(pool, client, app[KEYSTORE], config),
+            TerminalAuthenticator(pool, client, config, app[METRICS]),
+        ]
+    )
+    app[RATE_LIMITER] = RateLimiter(client, config, app[METRICS])
+    app[LOGIN_GUARD] = LoginGuard(client, config, app[METRICS])
+    yield
 
 
 async def _idempotency_purger(app: web.Application) -> AsyncIterator[None]:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from gateway import db
+from gateway.auth import commands as auth_commands
 from gateway.config import HELP, Config, ConfigError, env_name
 from gateway.embedded import EmbeddedServices
 from gateway.keystore import create_kek_file, load_kek
@@ -45,7 +46,7 @@ def services(config: Config) -> Iterator[Config]:
         yield config.replace(database_url=embedded.database_url, redis_url=embedded.redis_url)
 
 
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -58,11 +59,11 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     workers = args.workers or config.workers
     load_kek(config)  # fail now, not in every worker
     with services(config) as ready:
-        applied = _run(db.migrate(ready.database_url))
+        applied = run_async(db.migrate(ready.database_url))
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         if workers == 1:
-            _run(_serve(ready, reuse_port=False))
+            run_async(_serve(ready, reuse_port=False))
             return 0
         return _supervise(ready, workers)
 
@@ -119,14 +120,14 @@ def _supervise(config: Config, workers: int) -> int:
 
 
 def cmd_serve_worker(args: argparse.Namespace, config: Config) -> int:
-    _run(_serve(config, reuse_port=True))
+    run_async(_serve(config, reuse_port=True))
     return 0
 
 
 # --------------------------------------------------------------------------- migrate
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     with services(config) as ready:
-        applied = _run(db.migrate(ready.database_url))
+        applied = run_async(db.migrate(ready.database_url))
     print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
     return 0
 
@@ -143,7 +144,7 @@ def cmd_ledger_verify(args: argparse.Namespace, config: Config) -> int:
             await conn.close()
 
     with services(config) as ready:
-        problems = _run(verify(ready.database_url))
+        problems = run_async(verify(ready.database_url))
     if problems:
         print(f"ledger verify: {len(problems)} problem(s)")
         for line in problems:
@@ -180,7 +181,7 @@ def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--workers", type=int, default=0, help="processes sharing the port")
     serve.set_defaults(command=cmd_serve)
-    sub.add_parser("serve-worker", help=argparse.SUPPRESS).set_defaults(command=cmd_serve_worker)
+    sub.add_parser("serve-worker", help="(internal) one worker of serve --workers").set_defaults(command=cmd_serve_worker)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(command=cmd_migrate)
     ledger = sub.add_parser("ledger", help="ledger tools").add_subparsers(required=True)
     ledger.add_parser("verify", help="prove every txn and balance").set_defaults(
@@ -190,11 +191,17 @@ def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     keys.add_parser("init", help="create the key-encryption key file").set_defaults(
         command=cmd_keys_init
     )
+    from gateway.auth.commands import cmd_keys_rotate_token_signing
+
+    keys.add_parser(
+        "rotate-token-signing", help="a new JWT signing key; old ones verify until tokens expire"
+    ).set_defaults(command=cmd_keys_rotate_token_signing)
     sub.add_parser("config", help="print every setting").set_defaults(command=cmd_config)
 
 
 _AREAS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_platform,
+    auth_commands.register,
 ]
 
 

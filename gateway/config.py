@@ -46,6 +46,7 @@ class Config:
     admin_token_ttl_max_s: int = 24 * 3600
     partner_window_s: int = 300
     login_failures_max: int = 5
+    login_failures_ip_max: int = 50
     login_failure_window_s: int = 900
     rate_rider_per_s: int = 20
     rate_rider_burst: int = 60
@@ -161,7 +162,8 @@ HELP: dict[str, str] = {
     "refresh_token_ttl_s": "rider refresh token lifetime",
     "admin_token_ttl_max_s": "longest admin token `onecard admin create-token` makes",
     "partner_window_s": "allowed clock skew of partner and terminal signatures",
-    "login_failures_max": "failed logins per phone or IP before 429",
+    "login_failures_max": "failed logins per phone before 429",
+    "login_failures_ip_max": "failed logins per client address before 429",
     "login_failure_window_s": "window of that count",
     "rate_rider_per_s": "rider requests per second (token bucket refill)",
     "rate_rider_burst": "rider bucket size",

@@ -18,6 +18,8 @@ from gateway.metrics import Registry
 if TYPE_CHECKING:
     from gateway.api.routing import Endpoint
     from gateway.auth.principal import Principal
+    from gateway.auth.ratelimit import LoginGuard
+    from gateway.auth.tokens import TokenKeys
 
 
 class RateLimiter(Protocol):
@@ -33,3 +35,5 @@ ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
 # Authenticators (gateway.auth) and the rate limiter; typed loosely to keep this module light.
 AUTHENTICATORS = web.AppKey("authenticators", list[Any])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+TOKEN_KEYS = web.AppKey("token_keys", "TokenKeys")
+LOGIN_GUARD = web.AppKey("login_guard", "LoginGuard")

@@ -19,6 +19,8 @@ class Principal:
     id: str
     role: str | None = None  # operators only
     operator: str | None = None  # terminals: the transport operator they belong to
+    session: str | None = None  # riders: the login session (refresh token family) of the token
+    limits: tuple[int, int] | None = None  # (per second, burst) when not the kind's default
 
     @property
     def key(self) -> str:

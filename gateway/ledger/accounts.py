@@ -55,3 +55,15 @@ async def account_balance(conn: asyncpg.Connection, account_id: int) -> tuple[in
     if row is None:
         raise LookupError(account_id)
     return row["balance_fen"], row["floor_fen"]
+
+
+async def find_account(
+    conn: asyncpg.Connection | asyncpg.Pool, kind: AccountKind, owner: str
+) -> asyncpg.Record | None:
+    """(id, balance_fen, floor_fen, currency) of the account (kind, owner), or None."""
+    return await conn.fetchrow(
+        "SELECT id, balance_fen, floor_fen, currency FROM ledger_accounts "
+        "WHERE kind = $1 AND owner = $2 AND currency = 'CNY'",
+        kind.value,
+        owner,
+    )

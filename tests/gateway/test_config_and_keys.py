@@ -58,7 +58,9 @@ def test_keys_init_creates_a_private_key_file_once(tmp_path: Path) -> None:
     assert "created" in first.stdout
     assert path.stat().st_mode & 0o777 == 0o600
     content = path.read_text()
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=True)
+    second = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     assert "left as it is" in second.stdout
     assert path.read_text() == content
     assert len(load_kek(Config(kek_file=path))) == 32

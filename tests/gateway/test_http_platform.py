@@ -131,7 +131,10 @@ async def test_health_readiness_and_metrics(test_client: ClientT) -> None:
     assert await ready.json() == {"status": "ok", "checks": {"postgresql": "ok", "redis": "ok"}}
     metrics = await (await test_client.get("/metrics")).text()
     assert 'onecard_http_requests_total{method="GET",route="/healthz",status="200"} 1' in metrics
-    assert 'onecard_http_request_seconds_bucket{method="GET",route="/readyz",status="200",le="+Inf"} 1' in metrics
+    assert (
+        'onecard_http_request_seconds_bucket{method="GET",route="/readyz",status="200",le="+Inf"} 1'
+        in metrics
+    )
     assert 'onecard_db_pool_connections{state="max"}' in metrics
 
 
@@ -140,7 +143,8 @@ async def test_readiness_names_what_is_down(make_client: Any) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 503
     assert await ready.json() == {
-        "status": "unavailable", "checks": {"postgresql": "ok", "redis": "down"}
+        "status": "unavailable",
+        "checks": {"postgresql": "ok", "redis": "down"},
     }
 
 
@@ -157,7 +161,9 @@ async def test_openapi_is_built_from_the_handlers_schemas(test_client: ClientT) 
     transfer = document["paths"]["/test/transfers"]["post"]
     assert any(p["name"] == "Idempotency-Key" and p["required"] for p in transfer["parameters"])
     assert {e["code"] for e in document["x-error-codes"]} >= {
-        "idempotency_key_reused", "validation_failed", "internal_error"
+        "idempotency_key_reused",
+        "validation_failed",
+        "internal_error",
     }
 
 
@@ -173,12 +179,12 @@ async def test_docs_render_offline(test_client: ClientT) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
-header_values = st.text(
-    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40
-)
+header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])

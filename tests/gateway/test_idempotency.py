@@ -97,7 +97,9 @@ async def test_keys_belong_to_their_principal(
     key = secrets.token_hex(8)
     body = {"source": source, "target": target, "amount_fen": 10}
     for principal in ("ops-1", "ops-2"):
-        response = await test_client.post("/test/transfers", json=body, headers=headers(key, principal))
+        response = await test_client.post(
+            "/test/transfers", json=body, headers=headers(key, principal)
+        )
         assert response.status == 201
         assert "Idempotent-Replayed" not in response.headers
     assert await balance(pool, target) == 20
@@ -109,7 +111,9 @@ async def test_same_key_other_body_is_422_and_changes_nothing(
     source, target = accounts
     key = secrets.token_hex(8)
     body = {"source": source, "target": target, "amount_fen": 300}
-    assert (await test_client.post("/test/transfers", json=body, headers=headers(key))).status == 201
+    assert (
+        await test_client.post("/test/transfers", json=body, headers=headers(key))
+    ).status == 201
     other = {**body, "amount_fen": 301}
     response = await test_client.post("/test/transfers", json=other, headers=headers(key))
     assert response.status == 422
@@ -188,7 +192,9 @@ async def test_an_expired_key_is_a_new_request(
     source, target = accounts
     key = secrets.token_hex(8)
     body = {"source": source, "target": target, "amount_fen": 15}
-    assert (await test_client.post("/test/transfers", json=body, headers=headers(key))).status == 201
+    assert (
+        await test_client.post("/test/transfers", json=body, headers=headers(key))
+    ).status == 201
     await pool.execute(
         "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1", key
     )

@@ -29,7 +29,9 @@ async def new_account(pool: asyncpg.Pool, kind: AccountKind, floor_fen: int | No
         return await open_account(conn, kind, f"test-{secrets.token_hex(4)}", floor_fen)
 
 
-async def transfer(pool: asyncpg.Pool, source: int, target: int, amount_fen: int, **kw: str) -> None:
+async def transfer(
+    pool: asyncpg.Pool, source: int, target: int, amount_fen: int, **kw: str
+) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await post(conn, "test_transfer", [Leg(source, -amount_fen), Leg(target, amount_fen)], **kw)
 
@@ -119,7 +121,12 @@ async def test_unbalanced_postings_are_refused_by_the_database_too(pool: asyncpg
     a = await new_account(pool, AccountKind.SUSPENSE)
     b = await new_account(pool, AccountKind.FEE_INCOME)
     async with pool.acquire() as conn:
-        for accounts, amounts in (([a, b], [5, -4]), ([a], [0]), ([a, a], [5, -5]), ([a, b], [0, 0])):
+        for accounts, amounts in (
+            ([a, b], [5, -4]),
+            ([a], [0]),
+            ([a, a], [5, -5]),
+            ([a, b], [0, 0]),
+        ):
             with pytest.raises(asyncpg.PostgresError) as raised:
                 async with conn.transaction():
                     await conn.fetchrow(

@@ -44,7 +44,9 @@ async def test_fresh_apply_then_again_is_a_no_op(empty_database: str, tmp_path: 
     rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     await conn.close()
     assert [(r["version"], r["name"]) for r in rows] == [
-        (1, "0001_things.sql"), (2, "0002_more.sql"), (3, "0003_later.sql")
+        (1, "0001_things.sql"),
+        (2, "0002_more.sql"),
+        (3, "0003_later.sql"),
     ]
 
 
@@ -53,7 +55,7 @@ async def test_an_edited_migration_is_refused(empty_database: str, tmp_path: Pat
     await db.migrate(empty_database, tmp_path)
     write(tmp_path, "0001_things.sql", "CREATE TABLE things (id bigint PRIMARY KEY);")
     write(tmp_path, "0002_more.sql", "CREATE TABLE others (id int);")
-    with pytest.raises(db.MigrationError, match="0001_things.sql was edited"):
+    with pytest.raises(db.MigrationError, match=r"0001_things\.sql was edited"):
         await db.migrate(empty_database, tmp_path)
     conn = await asyncpg.connect(empty_database)
     assert await conn.fetchval("SELECT to_regclass('others')") is None  # nothing applied
@@ -75,13 +77,17 @@ async def test_a_failing_migration_applies_nothing_of_itself(
 
 async def test_badly_named_files_are_refused(tmp_path: Path) -> None:
     write(tmp_path, "1_things.sql", "SELECT 1;")
-    with pytest.raises(db.MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(db.MigrationError, match=r"NNNN_name\.sql"):
         db.load_migrations(tmp_path)
 
 
 async def test_racing_runners_apply_each_file_once(empty_database: str, tmp_path: Path) -> None:
     # A counter table each migration bumps: applying a file twice would show.
-    write(tmp_path, "0001_counter.sql", "CREATE TABLE applied (n int); INSERT INTO applied VALUES (1);")
+    write(
+        tmp_path,
+        "0001_counter.sql",
+        "CREATE TABLE applied (n int); INSERT INTO applied VALUES (1);",
+    )
     write(tmp_path, "0002_slow.sql", "SELECT pg_sleep(0.3); UPDATE applied SET n = n + 1;")
     write(tmp_path, "0003_more.sql", "UPDATE applied SET n = n + 1;")
     results = await asyncio.gather(*(db.migrate(empty_database, tmp_path) for _ in range(6)))

@@ -1,0 +1,160 @@
+"""`onecard partners ...`, `onecard terminals register`, `onecard admin create-token`,
+`onecard keys rotate-token-signing`: identity commands for operators.
+
+Secrets (partner secrets, generated terminal private keys, admin tokens) are printed once, to
+stdout only, and never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+
+from gateway.auth import partners, terminals, tokens
+from gateway.config import Config, ConfigError
+from gateway.keystore import Keystore, load_kek
+
+T = TypeVar("T")
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError("a duration is a number and s, m, h or d: 8h, 30m")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _with_conn(config: Config, work: Callable[[asyncpg.Connection, Keystore], Awaitable[T]]) -> T:
+    from gateway.cli import run_async, services
+
+    keystore = Keystore(load_kek(config))
+
+    async def run(dsn: str) -> T:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await work(conn, keystore)
+        finally:
+            await conn.close()
+
+    with services(config) as ready:
+        return run_async(run(ready.database_url))
+
+
+def cmd_partners_create(args: argparse.Namespace, config: Config) -> int:
+    partner, secret = _with_conn(config, lambda c, k: partners.create(c, k, args.name))
+    print(f"partner:  {partner.name}")
+    print(f"key id:   {partner.key_id}")
+    print(f"secret:   {secret}")
+    print("The secret is shown this once; give it to the partner over a safe channel.")
+    return 0
+
+
+def cmd_partners_rotate(args: argparse.Namespace, config: Config) -> int:
+    try:
+        secret = _with_conn(config, lambda c, k: partners.rotate(c, k, args.key_id))
+    except LookupError:
+        print(f"no partner with key id {args.key_id}")
+        return 1
+    print(f"new secret: {secret}")
+    print(f"The old secret keeps working for {partners.ROTATION_GRACE}.")
+    return 0
+
+
+def cmd_partners_set_status(args: argparse.Namespace, config: Config) -> int:
+    status = "disabled" if args.action == "disable" else "active"
+    changed = _with_conn(config, lambda c, k: partners.set_status(c, args.key_id, status))
+    if not changed:
+        print(f"no partner with key id {args.key_id}")
+        return 1
+    print(f"partner {args.key_id} is {status}")
+    return 0
+
+
+def cmd_terminals_register(args: argparse.Namespace, config: Config) -> int:
+    public_key = bytes.fromhex(args.public_key) if args.public_key else None
+
+    async def work(conn: asyncpg.Connection, keystore: Keystore) -> Any:
+        return await terminals.register(conn, args.id, args.operator, public_key)
+
+    try:
+        terminal, private = _with_conn(config, work)
+    except ValueError as exc:
+        print(f"refused: {exc}")
+        return 1
+    except asyncpg.UniqueViolationError:
+        print(f"terminal {args.id.upper()} is already registered")
+        return 1
+    print(f"terminal:    {terminal.id} (operator {terminal.operator})")
+    print(f"public key:  {terminal.public_key.hex()}")
+    if private is not None:
+        print(f"private key: {terminals.private_key_text(private)}")
+        print("The private key is shown this once and not kept; install it on the terminal.")
+    return 0
+
+
+def cmd_admin_create_token(args: argparse.Namespace, config: Config) -> int:
+    if args.ttl > config.admin_token_ttl_max_s:
+        raise ConfigError(
+            f"--ttl is longer than ONECARD_ADMIN_TOKEN_TTL_MAX_S ({config.admin_token_ttl_max_s} s)"
+        )
+
+    async def work(conn: asyncpg.Connection, keystore: Keystore) -> str:
+        await tokens.ensure_signing_key(conn, keystore)
+        active = await keystore.versions(conn, tokens.KeyKind.TOKEN_SIGNING, tokens.KEY_NAME)
+        key = next(k for k in active if k.status == "active")
+        return tokens.sign_with(
+            key, config.jwt_issuer, tokens.ADMIN_AUDIENCE, args.name, args.ttl,
+            int(time.time()), {"role": args.role},
+        )  # fmt: skip
+
+    print(_with_conn(config, work))
+    return 0
+
+
+def cmd_keys_rotate_token_signing(args: argparse.Namespace, config: Config) -> int:
+    longest = max(config.access_token_ttl_s, config.admin_token_ttl_max_s)
+    kid = _with_conn(
+        config,
+        lambda c, k: tokens.rotate_signing_key(c, k, timedelta(seconds=longest + tokens.LEEWAY_S)),
+    )
+    print(f"new token signing key {kid}; old keys verify for {longest} s more")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = sub.add_parser("partners", help="partners and their keys").add_subparsers(
+        required=True
+    )
+    create = group.add_parser("create", help="a new partner; prints key id and secret once")
+    create.add_argument("name")
+    create.set_defaults(command=cmd_partners_create)
+    rotate = group.add_parser("rotate", help="a new secret for a partner")
+    rotate.add_argument("key_id")
+    rotate.set_defaults(command=cmd_partners_rotate)
+    for action in ("disable", "enable"):
+        parser = group.add_parser(action, help=f"{action} a partner")
+        parser.add_argument("key_id")
+        parser.set_defaults(command=cmd_partners_set_status, action=action)
+
+    group = sub.add_parser("terminals", help="gates and kiosks").add_subparsers(required=True)
+    register_terminal = group.add_parser("register", help="register a terminal")
+    register_terminal.add_argument("--operator", required=True, help="transport operator code")
+    register_terminal.add_argument("--id", required=True, help="terminal id, 12 hex digits")
+    register_terminal.add_argument("--public-key", help="its Ed25519 public key (hex); "
+                                   "omit to generate a key pair")  # fmt: skip
+    register_terminal.set_defaults(command=cmd_terminals_register)
+
+    group = sub.add_parser("admin", help="operator access").add_subparsers(required=True)
+    token = group.add_parser("create-token", help="an operator token (printed)")
+    token.add_argument("--role", choices=["admin", "auditor"], required=True)
+    token.add_argument("--ttl", type=parse_duration, default="8h", help="e.g. 8h, 30m")
+    token.add_argument("--name", default="operator", help="who it is for (the token subject)")
+    token.set_defaults(command=cmd_admin_create_token)

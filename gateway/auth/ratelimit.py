@@ -1,0 +1,143 @@
+"""Per-principal rate limits (token buckets in Redis), failed-login limits, session revocation.
+
+One Lua script takes a token from the principal's bucket and, for riders, checks that the
+session has not been logged out: one Redis round trip per request. If Redis does not answer,
+limits degrade open (the request goes on, a warning is logged and counted): Redis holds only
+what can be rebuilt, and riders and terminals must still be able to ride.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from gateway import errors
+from gateway.auth.principal import Principal, PrincipalKind
+from gateway.config import Config
+from gateway.metrics import Registry
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] bucket, KEYS[2] revoked-session marker (or the bucket again when there is none)
+# ARGV rate per s, burst, now (ms).  Returns {allowed, retry_after_ms, revoked}
+_TAKE = """
+local revoked = 0
+if KEYS[2] ~= KEYS[1] and redis.call('EXISTS', KEYS[2]) == 1 then revoked = 1 end
+local rate = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(state[1]) or burst
+local stamp = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - stamp) * rate / 1000)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 't', tokens, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return {allowed, wait, revoked}
+"""
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, config: Config, metrics: Registry) -> None:
+        self._redis = client
+        self._prefix = config.redis_prefix
+        self._script = client.register_script(_TAKE)
+        self._limits = {
+            PrincipalKind.RIDER: (config.rate_rider_per_s, config.rate_rider_burst),
+            PrincipalKind.PARTNER: (config.rate_partner_per_s, config.rate_partner_burst),
+            PrincipalKind.TERMINAL: (config.rate_terminal_per_s, config.rate_terminal_burst),
+            PrincipalKind.ADMIN: (config.rate_admin_per_s, config.rate_admin_burst),
+        }
+        self._degraded = metrics.counter(
+            "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
+        )
+        self._limited = metrics.counter(
+            "onecard_rate_limited_total", "Requests refused with 429", ("kind",)
+        )
+
+    async def check(self, principal: Principal) -> None:
+        rate, burst = principal.limits or self._limits[principal.kind]
+        bucket = f"{self._prefix}rl:{principal.key}"
+        revoked_key = (
+            revoked_session_key(self._prefix, principal.session) if principal.session else bucket
+        )
+        try:
+            allowed, wait_ms, revoked = await self._script(
+                keys=[bucket, revoked_key], args=[rate, burst, int(time.time() * 1000)]
+            )
+        except (RedisError, OSError):
+            log.warning("rate limit skipped: Redis unavailable", extra={"kind": principal.kind})
+            self._degraded.inc(("rate_limit",))
+            return
+        if revoked:
+            raise errors.TOKEN_INVALID.error()
+        if not allowed:
+            self._limited.inc((principal.kind.value,))
+            raise errors.RATE_LIMITED.error(
+                headers={"Retry-After": str(max(1, math.ceil(wait_ms / 1000)))}
+            )
+
+
+def revoked_session_key(prefix: str, session: str) -> str:
+    return f"{prefix}revoked-session:{session}"
+
+
+class LoginGuard:
+    """Counts failed logins per phone and per IP; 429 once either reaches its limit.
+
+    The IP limit is higher: many riders share one carrier NAT address.
+    """
+
+    def __init__(self, client: redis.Redis, config: Config, metrics: Registry) -> None:
+        self._redis = client
+        self._prefix = config.redis_prefix
+        self._max_per_phone = config.login_failures_max
+        self._max_per_ip = config.login_failures_ip_max
+        self._window_s = config.login_failure_window_s
+        self._degraded = metrics.counter(
+            "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
+        )
+
+    def _keys(self, phone: str, ip: str) -> list[str]:
+        return [f"{self._prefix}login-fail:phone:{phone}", f"{self._prefix}login-fail:ip:{ip}"]
+
+    async def check(self, phone: str, ip: str) -> None:
+        keys = self._keys(phone, ip)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                    pipe.ttl(key)
+                counts = await pipe.execute()
+        except (RedisError, OSError):
+            log.warning("login limit skipped: Redis unavailable")
+            self._degraded.inc(("login_limit",))
+            return
+        limits = (self._max_per_phone, self._max_per_ip)
+        for count, ttl, limit in zip(counts[::2], counts[1::2], limits, strict=True):
+            if count is not None and int(count) >= limit:
+                raise errors.RATE_LIMITED.error(
+                    "Too many failed logins; retry later.",
+                    headers={"Retry-After": str(max(1, int(ttl)))},
+                )
+
+    async def failed(self, phone: str, ip: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in self._keys(phone, ip):
+                    # The window starts at the first failure (works on Redis 6 and 7 alike).
+                    pipe.set(key, 0, ex=self._window_s, nx=True)
+                    pipe.incr(key)
+                await pipe.execute()
+        except (RedisError, OSError):
+            self._degraded.inc(("login_limit",))
+
+    async def succeeded(self, phone: str) -> None:
+        try:
+            await self._redis.delete(self._keys(phone, "")[0])
+        except (RedisError, OSError):
+            self._degraded.inc(("login_limit",))
