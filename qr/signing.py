@@ -55,19 +55,36 @@ class InvalidPublicKey(ValueError):
 def raw_to_der(raw: bytes) -> bytes:
     """Raw `r || s` (64 bytes) to the DER form `cryptography` verifies. ValueError otherwise.
 
-    Built by hand: a gate converts one signature per scan, and this is about twice as fast as
-    going through Python ints and `encode_dss_signature` (the tests check they agree).
+    Built by hand: a gate converts one signature per scan, and this is two to three times as
+    fast as going through Python ints and `encode_dss_signature` (the tests check they agree).
     """
     if len(raw) != SIGNATURE_BYTES:
         raise ValueError(f"a raw signature is {SIGNATURE_BYTES} bytes, got {len(raw)}")
-    r = raw[:SCALAR_BYTES].lstrip(b"\0") or b"\0"
-    s = raw[SCALAR_BYTES:].lstrip(b"\0") or b"\0"
+    r = raw[:SCALAR_BYTES]
+    s = raw[SCALAR_BYTES:]
+    if r[0] and s[0]:
+        # Common case (all but 2 in 256): no leading zero byte, only a sign byte to add.
+        shape = (r[0] >> 7) | (s[0] >> 7) << 1
+        return _DER_BEFORE_R[shape] + r + _DER_BEFORE_S[shape] + s
+    r = r.lstrip(b"\0") or b"\0"
+    s = s.lstrip(b"\0") or b"\0"
     if r[0] & 0x80:
         r = b"\0" + r
     if s[0] & 0x80:
         s = b"\0" + s
     # Each INTEGER is at most 33 bytes, so every length fits DER's one-byte short form.
     return bytes((0x30, len(r) + len(s) + 4, 0x02, len(r))) + r + bytes((0x02, len(s))) + s
+
+
+def _der_prefixes(r_high: bool, s_high: bool) -> tuple[bytes, bytes]:
+    r_len, s_len = SCALAR_BYTES + r_high, SCALAR_BYTES + s_high
+    before_r = bytes((0x30, r_len + s_len + 4, 0x02, r_len)) + b"\0" * r_high
+    return before_r, bytes((0x02, s_len)) + b"\0" * s_high
+
+
+# Indexed by (r high bit) | (s high bit) << 1.
+_DER_BEFORE_R: Final = tuple(_der_prefixes(bool(i & 1), bool(i & 2))[0] for i in range(4))
+_DER_BEFORE_S: Final = tuple(_der_prefixes(bool(i & 1), bool(i & 2))[1] for i in range(4))
 
 
 def der_to_raw(der: bytes) -> bytes:
