@@ -116,3 +116,16 @@ async def test_concurrent_versions_never_collide(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         keys = await keystore.versions(conn, KeyKind.QR_ISSUER, name)
     assert {k.secret for k in keys} == {bytes([n]) * 32 for n in range(5)}
+
+
+def test_readme_documents_every_setting() -> None:
+    from dataclasses import fields
+
+    from gateway.config import env_name
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert readme.startswith("# OneCard Gateway\n\n```sh\nmake run")
+    for field in fields(Config):
+        name = env_name(field.name)
+        short = name.removesuffix("_BURST").removesuffix("_PER_S")
+        assert f"`{name}`" in readme or f"`{short}_PER_S` / `_BURST`" in readme, name
