@@ -181,7 +181,9 @@ def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--workers", type=int, default=0, help="processes sharing the port")
     serve.set_defaults(command=cmd_serve)
-    sub.add_parser("serve-worker", help="(internal) one worker of serve --workers").set_defaults(command=cmd_serve_worker)
+    sub.add_parser("serve-worker", help="(internal) one worker of serve --workers").set_defaults(
+        command=cmd_serve_worker
+    )
     sub.add_parser("migrate", help="apply database migrations").set_defaults(command=cmd_migrate)
     ledger = sub.add_parser("ledger", help="ledger tools").add_subparsers(required=True)
     ledger.add_parser("verify", help="prove every txn and balance").set_defaults(

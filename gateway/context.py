@@ -26,6 +26,7 @@ class RateLimiter(Protocol):
     async def check(self, principal: Principal) -> None:
         """Raise 429 `rate_limited` when the principal is over its limit."""
 
+
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", redis.Redis)
@@ -35,5 +36,5 @@ ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
 # Authenticators (gateway.auth) and the rate limiter; typed loosely to keep this module light.
 AUTHENTICATORS = web.AppKey("authenticators", list[Any])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
-TOKEN_KEYS = web.AppKey("token_keys", "TokenKeys")
-LOGIN_GUARD = web.AppKey("login_guard", "LoginGuard")
+TOKEN_KEYS: web.AppKey[TokenKeys] = web.AppKey("token_keys")
+LOGIN_GUARD: web.AppKey[LoginGuard] = web.AppKey("login_guard")

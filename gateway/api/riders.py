@@ -15,6 +15,7 @@ from gateway.api.routing import Call, RouteTable
 from gateway.auth import riders
 from gateway.auth.principal import PrincipalKind
 from gateway.context import CONFIG, LOGIN_GUARD, POOL, REDIS, TOKEN_KEYS
+from gateway.ledger.history import Entry
 
 routes = RouteTable("riders")
 RIDER = {PrincipalKind.RIDER}
@@ -221,13 +222,11 @@ async def wallet_transaction(call: Call) -> WalletTransaction:
     """One transaction of the wallet."""
     assert call.principal is not None
     async with call.app[POOL].acquire() as conn:
-        entry = await wallet.statement_entry(
-            conn, int(call.principal.id), call.path_int("txn_id")
-        )
+        entry = await wallet.statement_entry(conn, int(call.principal.id), call.path_int("txn_id"))
     return _transaction(entry)
 
 
-def _transaction(entry: wallet.Entry) -> WalletTransaction:
+def _transaction(entry: Entry) -> WalletTransaction:
     return WalletTransaction(
         entry.txn_id, entry.kind, entry.amount_fen, entry.balance_after_fen, entry.memo,
         entry.created_at,

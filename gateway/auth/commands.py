@@ -18,7 +18,7 @@ import asyncpg
 
 from gateway.auth import partners, terminals, tokens
 from gateway.config import Config, ConfigError
-from gateway.keystore import Keystore, load_kek
+from gateway.keystore import KeyKind, Keystore, load_kek
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -108,7 +108,7 @@ def cmd_admin_create_token(args: argparse.Namespace, config: Config) -> int:
 
     async def work(conn: asyncpg.Connection, keystore: Keystore) -> str:
         await tokens.ensure_signing_key(conn, keystore)
-        active = await keystore.versions(conn, tokens.KeyKind.TOKEN_SIGNING, tokens.KEY_NAME)
+        active = await keystore.versions(conn, KeyKind.TOKEN_SIGNING, tokens.KEY_NAME)
         key = next(k for k in active if k.status == "active")
         return tokens.sign_with(
             key, config.jwt_issuer, tokens.ADMIN_AUDIENCE, args.name, args.ttl,
@@ -130,9 +130,7 @@ def cmd_keys_rotate_token_signing(args: argparse.Namespace, config: Config) -> i
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("partners", help="partners and their keys").add_subparsers(
-        required=True
-    )
+    group = sub.add_parser("partners", help="partners and their keys").add_subparsers(required=True)
     create = group.add_parser("create", help="a new partner; prints key id and secret once")
     create.add_argument("name")
     create.set_defaults(command=cmd_partners_create)

@@ -136,8 +136,12 @@ class PartnerAuthenticator:
         canonical = signatures.canonical_request(
             request.method, request.path, request.query.items(), stamp, nonce, body
         )
-        if partner is None or partner.status != "active" or not any(
-            signatures.partner_signature_valid(secret, canonical, signature) for secret in valid
+        if (
+            partner is None
+            or partner.status != "active"
+            or not any(
+                signatures.partner_signature_valid(secret, canonical, signature) for secret in valid
+            )
         ):
             raise errors.BAD_SIGNATURE.error()
         if abs(time.time() - int(stamp)) > self._window_s:

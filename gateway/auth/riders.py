@@ -120,7 +120,9 @@ async def log_in(
     return await _pair(keys, config, row["id"], session_id, refresh)
 
 
-async def _new_refresh_token(conn: asyncpg.Connection, session_id: uuid.UUID, config: Config) -> str:
+async def _new_refresh_token(
+    conn: asyncpg.Connection, session_id: uuid.UUID, config: Config
+) -> str:
     token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO refresh_tokens (token_hash, session_id, status, expires_at) "
@@ -173,7 +175,9 @@ async def refresh(
             new_token = await _new_refresh_token(conn, row["session_id"], config)
     if reused_session is not None:
         await _mark_revoked(client, config, reused_session)
-        raise errors.REFRESH_TOKEN_INVALID.error("This refresh token was already used; log in again.")
+        raise errors.REFRESH_TOKEN_INVALID.error(
+            "This refresh token was already used; log in again."
+        )
     return await _pair(keys, config, row["rider_id"], row["session_id"], new_token)
 
 
@@ -225,4 +229,6 @@ async def sessions(pool: asyncpg.Pool, rider_id: int) -> list[Session]:
         rider_id,
         SESSIONS_LISTED_MAX,
     )
-    return [Session(str(r["id"]), r["created_at"], r["last_used_at"], r["user_agent"]) for r in rows]
+    return [
+        Session(str(r["id"]), r["created_at"], r["last_used_at"], r["user_agent"]) for r in rows
+    ]

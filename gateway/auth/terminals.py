@@ -121,8 +121,10 @@ class TerminalAuthenticator:
             request.method, request.path, request.query.items(), stamp, nonce, body
         )
         signature = headers.get(signatures.SIGNATURE, "")
-        if terminal is None or terminal.status != "active" or not (
-            signatures.terminal_signature_valid(terminal.public_key, canonical, signature)
+        if (
+            terminal is None
+            or terminal.status != "active"
+            or not (signatures.terminal_signature_valid(terminal.public_key, canonical, signature))
         ):
             raise errors.BAD_SIGNATURE.error()
         if abs(time.time() - int(stamp)) > self._window_s:

@@ -90,6 +90,10 @@ class TokenKeys:
         assert self._current is not None, "an active token signing key exists after load()"
         return self._current
 
+    def still_verifies(self, kid: str) -> bool:
+        key = self._verifying.get(kid)
+        return key is not None and (key.not_after is None or key.not_after > datetime.now(UTC))
+
     async def verifying(self, kid: str) -> SigningKey | None:
         key = self._verifying.get(kid)
         if key is None and time.monotonic() - self._loaded_at > RELOAD_INTERVAL_S:
@@ -140,6 +144,7 @@ class Claims:
     role: str | None
     token_id: str
     expires_at: int
+    audience: str
 
 
 async def issue(
@@ -172,8 +177,49 @@ def sign_with(
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
 
 
-async def verify(keys: TokenKeys, token: str, issuer: str, audience: str) -> Claims:
+class VerifiedTokens:
+    """Tokens whose signature and claims were checked, so a repeat costs a dict lookup.
+
+    Keyed by the whole token string; an entry is used only while the token has not expired
+    and its signing key still verifies. Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, entries_max: int = 20_000) -> None:
+        self._entries: dict[str, tuple[Claims, str]] = {}
+        self._entries_max = entries_max
+
+    def get(self, keys: TokenKeys, token: str, audience: str, now: float) -> Claims | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        claims, kid = entry
+        if (
+            claims.audience != audience
+            or claims.expires_at + LEEWAY_S <= now
+            or (not keys.still_verifies(kid))
+        ):
+            del self._entries[token]
+            return None
+        return claims
+
+    def put(self, token: str, claims: Claims, kid: str) -> None:
+        if len(self._entries) >= self._entries_max:
+            del self._entries[next(iter(self._entries))]
+        self._entries[token] = (claims, kid)
+
+
+async def verify(
+    keys: TokenKeys,
+    token: str,
+    issuer: str,
+    audience: str,
+    cache: VerifiedTokens | None = None,
+) -> Claims:
     """The token's claims, or 401 `token_invalid` (one answer for every way it can be bad)."""
+    if cache is not None:
+        cached = cache.get(keys, token, audience, time.time())
+        if cached is not None:
+            return cached
     try:
         header = jwt.get_unverified_header(token)
         kid = header.get("kid")
@@ -190,6 +236,10 @@ async def verify(keys: TokenKeys, token: str, issuer: str, audience: str) -> Cla
         raise errors.TOKEN_INVALID.error() from None
     if not isinstance(claims["sub"], str):
         raise errors.TOKEN_INVALID.error()
-    return Claims(
-        claims["sub"], claims.get("sid"), claims.get("role"), str(claims["jti"]), claims["exp"]
-    )
+    verified = Claims(
+        claims["sub"], claims.get("sid"), claims.get("role"), str(claims["jti"]), claims["exp"],
+        audience,
+    )  # fmt: skip
+    if cache is not None:
+        cache.put(token, verified, kid)
+    return verified

@@ -92,9 +92,13 @@ async def test_failed_logins_are_limited_per_phone(make_client: Any) -> None:
     client = await make_client(login_failures_max=3)
     rider = await make.rider(client)
     for _ in range(3):
-        response = await client.post("/v1/sessions", json={"phone": rider.phone, "password": "nope-nope"})
+        response = await client.post(
+            "/v1/sessions", json={"phone": rider.phone, "password": "nope-nope"}
+        )
         assert response.status == 401
-    blocked = await client.post("/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD})
+    blocked = await client.post(
+        "/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD}
+    )
     assert blocked.status == 429
     assert await error_code(blocked) == "rate_limited"
     assert 0 < int(blocked.headers["Retry-After"]) <= 900
@@ -109,7 +113,9 @@ async def test_failed_logins_are_limited_per_ip(make_client: Any, config: Config
             "/v1/sessions", json={"phone": make.new_phone(), "password": "nope-nope"}
         )
         assert response.status == 401
-    blocked = await client.post("/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD})
+    blocked = await client.post(
+        "/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD}
+    )
     assert blocked.status == 429
 
 
@@ -134,7 +140,10 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client: ClientT) -> 
 async def test_concurrent_refreshes_of_one_token_revoke_the_session(client: ClientT) -> None:
     rider = await make.rider(client)
     responses = await asyncio.gather(
-        *(client.post("/v1/sessions/refresh", json={"refresh_token": rider.refresh}) for _ in range(5))
+        *(
+            client.post("/v1/sessions/refresh", json={"refresh_token": rider.refresh})
+            for _ in range(5)
+        )
     )
     assert sorted(r.status for r in responses) == [200, 401, 401, 401, 401]
     winner = next(r for r in responses if r.status == 200)
@@ -145,7 +154,9 @@ async def test_concurrent_refreshes_of_one_token_revoke_the_session(client: Clie
 
 async def test_logout_ends_the_session_now(client: ClientT) -> None:
     rider = await make.rider(client)
-    other = await client.post("/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD})
+    other = await client.post(
+        "/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD}
+    )
     other_auth = {"Authorization": f"Bearer {(await other.json())['access_token']}"}
     sessions = await (await client.get("/v1/sessions", headers=rider.auth)).json()
     assert len(sessions["items"]) == 2
@@ -228,11 +239,15 @@ async def test_a_rotated_signing_key_keeps_old_tokens_valid(
             conn, Keystore(load_kek(config)), timedelta(hours=1)
         )
     await client.app[TOKEN_KEYS].load()
-    fresh = await client.post("/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD})
+    fresh = await client.post(
+        "/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD}
+    )
     fresh_token = (await fresh.json())["access_token"]
     assert jwt.get_unverified_header(fresh_token)["kid"] == new_kid != old_kid
     assert (await client.get("/v1/me", headers=rider.auth)).status == 200
-    assert (await client.get("/v1/me", headers={"Authorization": f"Bearer {fresh_token}"})).status == 200
+    assert (
+        await client.get("/v1/me", headers={"Authorization": f"Bearer {fresh_token}"})
+    ).status == 200
 
 
 async def test_wallet_statement_pages_newest_first(
@@ -252,7 +267,9 @@ async def test_wallet_statement_pages_newest_first(
     seen, cursor = [], None
     while True:
         query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
-        page = await (await client.get(f"/v1/wallet/transactions{query}", headers=rider.auth)).json()
+        page = await (
+            await client.get(f"/v1/wallet/transactions{query}", headers=rider.auth)
+        ).json()
         seen.extend(item["amount_fen"] for item in page["items"])
         cursor = page["next_cursor"]
         if cursor is None:
