@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/onecard keys init
 	$(BIN)/onecard migrate
-	$(BIN)/onecard serve --sandboxes
+	exec $(BIN)/onecard serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
