@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, modes
 
 __all__ = [
     "MacError",
@@ -90,11 +90,15 @@ class _CbcMac:
     IV of 0. This saves creating a cipher context per MAC (the dominant cost for short data).
     """
 
-    __slots__ = ("chain", "enc")
+    __slots__ = ("chain", "ecb", "enc", "key8")
 
     def __init__(self, key8: bytes) -> None:
         self.enc = Cipher(TripleDES(key8 * 3), modes.CBC(bytes(BLOCK_BYTES))).encryptor()
         self.chain = 0
+        # For one-block messages (a purchase MAC2 over the 4-byte amount): CBC with IV 0 over
+        # one block is one ECB block, without the chaining bookkeeping. Made on first use.
+        self.ecb: CipherContext | None = None
+        self.key8 = key8
 
 
 class _ThreadCache(threading.local):
@@ -190,6 +194,11 @@ def mac(session_key: bytes, data: bytes) -> bytes:
     if type(data) is not bytes:
         data = bytes(data)
     padded = data + _PAD_TAILS[len(data) % BLOCK_BYTES]
+    if len(padded) == BLOCK_BYTES:
+        ecb = engine.ecb
+        if ecb is None:
+            ecb = engine.ecb = Cipher(TripleDES(engine.key8 * 3), modes.ECB()).encryptor()  # noqa: S305 (one block: the MAC rule)
+        return ecb.update(padded)[:MAC_BYTES]
     chain = engine.chain
     if chain:  # cancel the encryptor's chaining: IV 0 for this message
         head = int.from_bytes(padded[:BLOCK_BYTES], "big") ^ chain
