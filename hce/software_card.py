@@ -82,6 +82,31 @@ class _Answer(Exception):
         self.sw = sw
 
 
+def purchase_proofs(
+    purchase_key: bytes,
+    tac_key: bytes,
+    random: bytes,
+    counter: int,
+    amount_fen: int,
+    tx_type: int,
+    terminal_id: bytes,
+    debit: A.DebitForPurchase,
+) -> tuple[bytes, bytes]:
+    """The card side of DEBIT FOR PURCHASE (CARD_PROTOCOL.md "Purchase", step 3): check MAC1,
+    answer (MAC2, TAC). `purchase_key` is DPK on a card, the LUK on a phone. 9302 on a bad MAC1.
+    """
+    key = cc.purchase_session_key(purchase_key, random, counter, debit.terminal_serial)
+    mac1_input = cc.purchase_mac1_input(amount_fen, tx_type, terminal_id, debit.date, debit.time)
+    try:
+        cc.verify_mac(key, mac1_input, debit.mac1)
+    except cc.MacError:
+        raise _Answer(SW.MAC_INVALID) from None
+    tac_input = cc.purchase_tac_input(
+        amount_fen, tx_type, terminal_id, debit.terminal_serial, debit.date, debit.time
+    )
+    return cc.mac(key, cc.purchase_mac2_input(amount_fen)), cc.tac(tac_key, tac_input)
+
+
 def _default_random() -> bytes:
     return os.urandom(4)
 
@@ -490,28 +515,10 @@ class SoftwareCard:
         _check_le(cmd, 8)
         if not isinstance(pending, _PurchaseSession):
             raise _Answer(SW.CONDITIONS_NOT_SATISFIED)
-        key = cc.purchase_session_key(
-            self._keys.dpk, pending.random, pending.counter, debit.terminal_serial
-        )
-        mac1_input = cc.purchase_mac1_input(
-            pending.amount_fen, pending.tx_type, pending.terminal_id, debit.date, debit.time
-        )
-        try:
-            cc.verify_mac(key, mac1_input, debit.mac1)
-        except cc.MacError:
-            raise _Answer(SW.MAC_INVALID) from None
-        mac2 = cc.mac(key, cc.purchase_mac2_input(pending.amount_fen))
-        tac = cc.tac(
-            self._tac_key,
-            cc.purchase_tac_input(
-                pending.amount_fen,
-                pending.tx_type,
-                pending.terminal_id,
-                debit.terminal_serial,
-                debit.date,
-                debit.time,
-            ),
-        )
+        mac2, tac = purchase_proofs(
+            self._keys.dpk, self._tac_key, pending.random, pending.counter, pending.amount_fen,
+            pending.tx_type, pending.terminal_id, debit,
+        )  # fmt: skip
         self._commit(
             A.TransactionRecord(
                 pending.counter,

@@ -53,6 +53,7 @@ from hce.software_card import (
     _int,
     _parse,
     _sw,
+    purchase_proofs,
     record_count_max,
 )
 
@@ -451,26 +452,10 @@ class VirtualCard:
         _check_le(cmd, 8)
         if session is None:
             raise _Answer(SW.CONDITIONS_NOT_SATISFIED)
-        key = cc.purchase_session_key(
-            session.luk.key, session.random, session.counter, debit.terminal_serial
-        )
-        mac1_input = cc.purchase_mac1_input(
-            session.amount_fen, session.tx_type, session.terminal_id, debit.date, debit.time
-        )
-        try:
-            cc.verify_mac(key, mac1_input, debit.mac1)
-        except cc.MacError:
-            raise _Answer(SW.MAC_INVALID) from None
-        mac2 = cc.mac(key, cc.purchase_mac2_input(session.amount_fen))
-        tac_input = cc.purchase_tac_input(
-            session.amount_fen,
-            session.tx_type,
-            session.terminal_id,
-            debit.terminal_serial,
-            debit.date,
-            debit.time,
-        )
-        tac = cc.tac(session.luk.tac_key, tac_input)
+        mac2, tac = purchase_proofs(
+            session.luk.key, session.luk.tac_key, session.random, session.counter,
+            session.amount_fen, session.tx_type, session.terminal_id, debit,
+        )  # fmt: skip
         use = self._usage[session.luk.seq]
         use.taps += 1
         use.amount_fen += session.amount_fen
