@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+
 from aiohttp import web
 
 from gateway import errors

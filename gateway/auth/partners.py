@@ -22,7 +22,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import errors
-from gateway.auth import signatures
+from gateway.auth import nonces, signatures
 from gateway.auth.principal import Principal, PrincipalKind
 from gateway.config import Config
 from gateway.keystore import KeyKind, Keystore
@@ -153,9 +153,10 @@ class PartnerAuthenticator:
         return Principal(PrincipalKind.PARTNER, key_id, limits=limits)
 
     async def _remember_nonce(self, key_id: str, nonce: str) -> None:
-        key = f"{self._prefix}nonce:partner:{key_id}:{nonce}"
         try:
-            fresh = await self._redis.set(key, b"1", nx=True, ex=2 * self._window_s)
+            fresh = await nonces.first_use(
+                self._redis, self._prefix, f"partner:{key_id}", nonce, self._window_s
+            )
         except (RedisError, OSError):
             log.error("partner nonce check failed closed: Redis unavailable")
             raise errors.SERVICE_UNAVAILABLE.error(

@@ -38,7 +38,11 @@ local stamp = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + (now - stamp) * rate / 1000)
 local allowed = 0
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1; allowed = 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+if tokens >= 1 then
+    tokens = tokens - 1; allowed = 1
+else
+    wait = math.ceil((1 - tokens) * 1000 / rate)
+end
 redis.call('HSET', KEYS[1], 't', tokens, 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
 return {allowed, wait, revoked}

@@ -24,7 +24,7 @@ from gateway.auth.ratelimit import LoginGuard, revoked_session_key
 from gateway.config import Config
 from gateway.ledger import AccountKind, open_account
 
-REFRESH_TOKEN_PREFIX = "rt_"
+REFRESH_TOKEN_PREFIX = "rt_"  # noqa: S105 (a prefix, not a secret)
 USER_AGENT_CHARS_MAX = 200
 SESSIONS_LISTED_MAX = 50
 

@@ -58,9 +58,15 @@ def canonical_request(
     ).encode()  # fmt: skip
 
 
-def _split_url(url_path: str) -> tuple[str, list[tuple[str, str]]]:
+def _stamped_canonical(
+    method: str, url_path: str, body: bytes, timestamp: int | None, nonce: str | None
+) -> tuple[str, str, bytes]:
+    """(timestamp, nonce, canonical string) of a request about to be signed."""
     parts = urllib.parse.urlsplit(url_path)
-    return parts.path, urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = nonce or secrets.token_urlsafe(16)
+    return stamp, nonce, canonical_request(method, parts.path, query, stamp, nonce, body)
 
 
 def partner_signature(secret: str, canonical: bytes) -> str:
@@ -81,10 +87,7 @@ def sign_partner_request(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The headers a partner adds to a request for `url_path` (path and query, no host)."""
-    path, query = _split_url(url_path)
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    nonce = nonce or secrets.token_urlsafe(16)
-    canonical = canonical_request(method, path, query, stamp, nonce, body)
+    stamp, nonce, canonical = _stamped_canonical(method, url_path, body, timestamp, nonce)
     return {
         KEY_ID: key_id,
         TIMESTAMP: stamp,
@@ -103,10 +106,7 @@ def sign_terminal_request(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The headers a terminal adds to a request for `url_path` (path and query, no host)."""
-    path, query = _split_url(url_path)
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    nonce = nonce or secrets.token_urlsafe(16)
-    canonical = canonical_request(method, path, query, stamp, nonce, body)
+    stamp, nonce, canonical = _stamped_canonical(method, url_path, body, timestamp, nonce)
     return {
         TERMINAL: terminal_id,
         TIMESTAMP: stamp,

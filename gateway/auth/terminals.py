@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.exceptions import RedisError
 
 from gateway import errors
-from gateway.auth import signatures
+from gateway.auth import nonces, signatures
 from gateway.auth.principal import Principal, PrincipalKind
 from gateway.config import Config
 from gateway.metrics import Registry
@@ -133,9 +133,10 @@ class TerminalAuthenticator:
         return Principal(PrincipalKind.TERMINAL, terminal_id, operator=terminal.operator)
 
     async def _remember_nonce(self, terminal_id: str, nonce: str) -> None:
-        key = f"{self._prefix}nonce:terminal:{terminal_id}:{nonce}"
         try:
-            fresh = await self._redis.set(key, b"1", nx=True, ex=2 * self._window_s)
+            fresh = await nonces.first_use(
+                self._redis, self._prefix, f"terminal:{terminal_id}", nonce, self._window_s
+            )
         except (RedisError, OSError):
             log.warning("terminal nonce check skipped: Redis unavailable")
             self._degraded.inc(("terminal_nonce",))
