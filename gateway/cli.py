@@ -25,9 +25,10 @@ import asyncpg
 from gateway import db
 from gateway.auth import commands as auth_commands
 from gateway.config import HELP, Config, ConfigError, env_name
-from gateway.embedded import EmbeddedServices
+from gateway.embedded import server_urls
 from gateway.keystore import create_kek_file, load_kek
 from gateway.logs import setup_logging
+from gateway.qr_codes import commands as qr_commands
 
 log = logging.getLogger("onecard")
 
@@ -39,11 +40,8 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def services(config: Config) -> Iterator[Config]:
     """The config with both URLs set, starting embedded servers for the missing ones."""
-    if config.database_url and config.redis_url:
-        yield config
-        return
-    with EmbeddedServices(config.data_dir, config.database_url, config.redis_url) as embedded:
-        yield config.replace(database_url=embedded.database_url, redis_url=embedded.redis_url)
+    with server_urls(config.data_dir, config.database_url, config.redis_url) as (database, cache):
+        yield config.replace(database_url=database, redis_url=cache)
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -204,6 +202,7 @@ def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 _AREAS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_platform,
     auth_commands.register,
+    qr_commands.register,
 ]
 
 

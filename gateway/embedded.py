@@ -11,6 +11,7 @@ import contextlib
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -106,3 +107,13 @@ class EmbeddedServices:
             with contextlib.suppress(Exception):
                 self._pg.cleanup()
             self._pg = None
+
+
+@contextlib.contextmanager
+def server_urls(data_dir: Path, database_url: str, redis_url: str) -> Iterator[tuple[str, str]]:
+    """(database URL, Redis URL): the given ones, with embedded servers for the missing ones."""
+    if database_url and redis_url:
+        yield database_url, redis_url
+        return
+    with EmbeddedServices(data_dir, database_url, redis_url) as embedded:
+        yield embedded.database_url, embedded.redis_url

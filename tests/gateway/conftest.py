@@ -22,11 +22,10 @@ import redis.asyncio as redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import db
+from gateway import db, embedded
 from gateway.api.routing import RouteTable
 from gateway.app import create_app
 from gateway.config import Config
-from gateway.embedded import EmbeddedServices
 from gateway.ledger.verify import verify_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,13 +38,12 @@ def with_database(dsn: str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def server_urls() -> Iterator[tuple[str, str]]:
-    database_url = os.environ.get("DATABASE_URL", "")
-    redis_url = os.environ.get("REDIS_URL", "")
-    if database_url and redis_url:
-        yield database_url, redis_url
-        return
-    with EmbeddedServices(ROOT / ".onecard" / "test-services", database_url, redis_url) as emb:
-        yield emb.database_url, emb.redis_url
+    with embedded.server_urls(
+        ROOT / ".onecard" / "test-services",
+        os.environ.get("DATABASE_URL", ""),
+        os.environ.get("REDIS_URL", ""),
+    ) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="session")
