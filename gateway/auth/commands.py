@@ -32,6 +32,12 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError("a positive whole number")
+    return int(text)
+
+
 def _with_conn(config: Config, work: Callable[[asyncpg.Connection, Keystore], Awaitable[T]]) -> T:
     from gateway.cli import run_async, services
 
@@ -75,6 +81,20 @@ def cmd_partners_set_status(args: argparse.Namespace, config: Config) -> int:
         print(f"no partner with key id {args.key_id}")
         return 1
     print(f"partner {args.key_id} is {status}")
+    return 0
+
+
+def cmd_partners_set_limit(args: argparse.Namespace, config: Config) -> int:
+    if (args.per_s is None) != (args.burst is None):
+        raise ConfigError("give both --per-s and --burst, or --default")
+    changed = _with_conn(
+        config, lambda c, k: partners.set_limits(c, args.key_id, args.per_s, args.burst)
+    )
+    if not changed:
+        print(f"no partner with key id {args.key_id}")
+        return 1
+    limit = f"{args.per_s}/s, burst {args.burst}" if args.per_s else "the default for partners"
+    print(f"partner {args.key_id}: {limit} (running gateways apply it within a minute)")
     return 0
 
 
@@ -141,6 +161,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser = group.add_parser(action, help=f"{action} a partner")
         parser.add_argument("key_id")
         parser.set_defaults(command=cmd_partners_set_status, action=action)
+
+    limit = group.add_parser("set-limit", help="a partner's own rate limit")
+    limit.add_argument("key_id")
+    limit.add_argument("--per-s", type=_positive, help="requests per second")
+    limit.add_argument("--burst", type=_positive, help="bucket size")
+    limit.set_defaults(command=cmd_partners_set_limit)
 
     group = sub.add_parser("terminals", help="gates and kiosks").add_subparsers(required=True)
     register_terminal = group.add_parser("register", help="register a terminal")

@@ -82,6 +82,18 @@ async def set_status(conn: asyncpg.Connection, key_id: str, status: str) -> bool
     return bool(result == "UPDATE 1")
 
 
+async def set_limits(
+    conn: asyncpg.Connection, key_id: str, rate_per_s: int | None, rate_burst: int | None
+) -> bool:
+    """The partner's own rate limit; None for both: back to the default for partners."""
+    assert (rate_per_s is None) == (rate_burst is None)
+    result = await conn.execute(
+        "UPDATE partners SET rate_per_s = $2, rate_burst = $3 WHERE key_id = $1",
+        key_id, rate_per_s, rate_burst,
+    )  # fmt: skip
+    return bool(result == "UPDATE 1")
+
+
 async def find(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> Partner | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM partners WHERE key_id = $1", key_id)  # noqa: S608
     return None if row is None else Partner(**dict(row))

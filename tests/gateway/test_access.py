@@ -263,7 +263,9 @@ def onecard(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-async def test_operator_commands_from_the_shell(client: ClientT, config: Config) -> None:
+async def test_operator_commands_from_the_shell(
+    client: ClientT, make_client: Any, config: Config
+) -> None:
     created = await asyncio.to_thread(onecard, config, "partners", "create", "City App")
     assert created.returncode == 0, created.stderr
     fields = dict(line.split(":", 1) for line in created.stdout.splitlines() if ":" in line)
@@ -293,5 +295,15 @@ async def test_operator_commands_from_the_shell(client: ClientT, config: Config)
         onecard, config, "admin", "create-token", "--role", "admin", "--ttl", "30d"
     )
     assert too_long.returncode == 2 and "ONECARD_ADMIN_TOKEN_TTL_MAX_S" in too_long.stderr
+    limited = await asyncio.to_thread(
+        onecard, config, "partners", "set-limit", partner.key_id, "--per-s", "1", "--burst", "2"
+    )
+    assert limited.returncode == 0, limited.stderr
+    fresh = await make_client()  # a gateway that has not cached the partner yet
+    statuses = [
+        (await fresh.get("/v1/whoami", headers=partner.sign("GET", "/v1/whoami"))).status
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
     disabled = await asyncio.to_thread(onecard, config, "partners", "disable", partner.key_id)
     assert disabled.returncode == 0
