@@ -85,8 +85,8 @@ async def run() -> None:
             conn = await asyncpg.connect(dsn)
             account_id = await open_account(conn, AccountKind.SUSPENSE, "bench")
             env = bench_env(dsn, redis_url)
-            env.update(ONECARD_RATE_RIDER_PER_S="1000000", ONECARD_RATE_RIDER_BURST="1000000",
-                       ONECARD_RATE_PARTNER_PER_S="1000000", ONECARD_RATE_PARTNER_BURST="1000000")  # fmt: skip
+            for kind in ("RIDER", "PARTNER"):
+                env[f"ONECARD_RATE_{kind}_PER_S"] = env[f"ONECARD_RATE_{kind}_BURST"] = "1000000"
             partner, secret = await partners.create(
                 conn, Keystore(base64.b64decode(env["ONECARD_KEK"])), "Bench Bank"
             )
@@ -105,17 +105,14 @@ async def run() -> None:
                 healthz = await http_load(port, "/healthz", SECONDS, CONNECTIONS)
                 signed_rate, signed_p50 = await _signed_load(port, partner.key_id, secret)
     print(f"{CONNECTIONS} keep-alive connections, {SECONDS:.0f} s each")
-    print(
-        f"  bare GET one account      {bare.rate:8,.0f} req/s  p50 {bare.p50_ms:.2f} ms  p99 {bare.p99_ms:.2f} ms"
-    )
-    print(
-        f"  rider GET /v1/wallet      {wallet.rate:8,.0f} req/s  p50 {wallet.p50_ms:.2f} ms  p99 {wallet.p99_ms:.2f} ms"
-    )
-    print(
-        f"  rider GET /v1/whoami      {rider_whoami.rate:8,.0f} req/s  p50 {rider_whoami.p50_ms:.2f} ms"
-    )
-    print(f"  partner GET /v1/whoami    {signed_rate:8,.0f} req/s  p50 {signed_p50:.2f} ms")
-    print(f"  unauthenticated /healthz  {healthz.rate:8,.0f} req/s  p50 {healthz.p50_ms:.2f} ms")
+    for name, rate, p50 in (
+        ("bare GET one account", bare.rate, bare.p50_ms),
+        ("rider GET /v1/wallet", wallet.rate, wallet.p50_ms),
+        ("rider GET /v1/whoami", rider_whoami.rate, rider_whoami.p50_ms),
+        ("partner GET /v1/whoami", signed_rate, signed_p50),
+        ("unauthenticated /healthz", healthz.rate, healthz.p50_ms),
+    ):
+        print(f"  {name:26s} {rate:8,.0f} req/s  p50 {p50:.2f} ms")
     report("authenticated GET /v1/wallet vs bare", wallet.rate, "req/s", bare.rate, 0.6)
     per_request_us = (1 / signed_rate - 1 / healthz.rate) * 1e6
     print(
