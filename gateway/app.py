@@ -17,12 +17,12 @@ from aiohttp import web
 from gateway import db, idempotency
 from gateway.api import route_tables
 from gateway.api.routing import RouteTable, all_endpoints
-from gateway.config import Config
 from gateway.auth.bearer import BearerAuthenticator
 from gateway.auth.partners import PartnerAuthenticator
 from gateway.auth.ratelimit import LoginGuard, RateLimiter
 from gateway.auth.terminals import TerminalAuthenticator
 from gateway.auth.tokens import TokenKeys
+from gateway.config import Config
 from gateway.context import (
     AUTHENTICATORS,
     CONFIG,
@@ -31,6 +31,7 @@ from gateway.context import (
     LOGIN_GUARD,
     METRICS,
     POOL,
+    QR_ISSUER_KEYS,
     RATE_LIMITER,
     REDIS,
     TOKEN_KEYS,
@@ -38,6 +39,7 @@ from gateway.context import (
 from gateway.keystore import Keystore, load_kek
 from gateway.metrics import Registry
 from gateway.middleware import HTTP_METRICS, HttpMetrics, observe
+from gateway.qr_codes.issuer_keys import IssuerKeys
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ def create_app(config: Config, extra_routes: Iterable[RouteTable] = ()) -> web.A
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_identity)
+    app.cleanup_ctx.append(_qr_issuer_keys)
     app.cleanup_ctx.append(_idempotency_purger)
     return app
 
@@ -106,6 +109,14 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
     )
     app[RATE_LIMITER] = RateLimiter(client, config, app[METRICS])
     app[LOGIN_GUARD] = LoginGuard(client, config, app[METRICS])
+    yield
+
+
+async def _qr_issuer_keys(app: web.Application) -> AsyncIterator[None]:
+    """QR issuer keys, loaded (the first one made) at start and reloaded as they rotate."""
+    keys = IssuerKeys(app[KEYSTORE], app[POOL])
+    await keys.load()
+    app[QR_ISSUER_KEYS] = keys
     yield
 
 

@@ -28,6 +28,7 @@ from gateway.config import HELP, Config, ConfigError, env_name
 from gateway.embedded import server_urls
 from gateway.keystore import create_kek_file, load_kek
 from gateway.logs import setup_logging
+from gateway.qr_codes import commands as qr_commands
 
 log = logging.getLogger("onecard")
 
@@ -201,6 +202,7 @@ def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 _AREAS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_platform,
     auth_commands.register,
+    qr_commands.register,
 ]
 
 

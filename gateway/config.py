@@ -58,6 +58,8 @@ class Config:
     rate_admin_burst: int = 100
     qr_certificate_ttl_s: int = 24 * 3600
     qr_code_ttl_s: int = 30
+    qr_ride_ceiling_fen_max: int = 2000
+    qr_ride_age_max_s: int = 7 * 24 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -175,5 +177,7 @@ HELP: dict[str, str] = {
     "rate_admin_burst": "operator bucket size",
     "qr_certificate_ttl_s": "validity of a rider QR certificate",
     "qr_code_ttl_s": "validity of an online QR code",
+    "qr_ride_ceiling_fen_max": "largest single-ride ceiling a rider QR certificate carries",
+    "qr_ride_age_max_s": "oldest QR ride tap time a gate may upload",
 }
 assert set(HELP) == {f.name for f in fields(Config)}, "every setting needs its help line"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.auth.principal import Principal
     from gateway.auth.ratelimit import LoginGuard
     from gateway.auth.tokens import TokenKeys
+    from gateway.qr_codes.issuer_keys import IssuerKeys
 
 
 class RateLimiter(Protocol):
@@ -38,3 +39,4 @@ AUTHENTICATORS = web.AppKey("authenticators", list[Any])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 TOKEN_KEYS: web.AppKey[TokenKeys] = web.AppKey("token_keys")
 LOGIN_GUARD: web.AppKey[LoginGuard] = web.AppKey("login_guard")
+QR_ISSUER_KEYS: web.AppKey[IssuerKeys] = web.AppKey("qr_issuer_keys")

@@ -100,3 +100,20 @@ REPLAYED_REQUEST = define("replayed_request", 401, "This nonce was already used.
 RATE_LIMITED = define("rate_limited", 429, "Too many requests; retry later.")
 PHONE_TAKEN = define("phone_taken", 409, "This phone number already has an account.")
 WEAK_PASSWORD = define("weak_password", 400, "Choose a longer, less common password.")
+
+# --- QR codes ----------------------------------------------------------------------------
+QR_CHALLENGE_INVALID = define(
+    "qr_challenge_invalid", 400, "The challenge is unknown, expired, already used or not yours."
+)
+QR_DEVICE_KEY_INVALID = define(
+    "qr_device_key_invalid", 400, "The device key is not a compressed P-256 point on the curve."
+)
+QR_PROOF_INVALID = define(
+    "qr_proof_invalid", 422, "The signature does not prove possession of the device key."
+)
+QR_BATCH_TOO_LARGE = define(
+    "qr_batch_too_large", 413, "Too many rides in one upload; split the batch."
+)
+QR_DEVICE_IN_USE = define(
+    "qr_device_in_use", 409, "This device key is registered to another rider."
+)

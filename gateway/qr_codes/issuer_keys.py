@@ -1,11 +1,11 @@
 """QR issuer keys: the P-256 keys the gateway signs rider certificates, online codes and deny
 lists with, each named by a one-byte key id (1..255).
 
-Keys live encrypted in the keystore (kind `qr_issuer`, name `key-{id}`; meta holds `key_id` and
-`valid_from`). The first key is made on demand under an advisory lock. Rotation makes a new
-key under the next id and retires the old one with `not_after` = now + the certificate TTL: a
-certificate it signed keeps verifying, at gates and here, until that certificate expires. Gates
-fetch the public halves from `GET /v1/qr/issuer-keys`.
+Keys live encrypted in the keystore (kind `qr_issuer`, name `issuer`, one version per key; meta
+holds `key_id` and `valid_from`). The first key is made on demand under an advisory lock.
+Rotation makes a new key under the next id and retires the old one with `not_after` = now + the
+certificate TTL: a certificate it signed keeps verifying, at gates and here, until that
+certificate expires. Gates fetch the public halves from `GET /v1/qr/issuer-keys`.
 
 This module never hands out a private key except to the signing code in this package.
 """
@@ -23,10 +23,9 @@ from typing import Final
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.keystore import KeyKind, Keystore, StoredKey
 from qr.signing import CURVE, encode_public_key, generate_private_key
 from qr.verify import CertificateCache
-
-from gateway.keystore import KeyKind, Keystore, StoredKey
 
 KEY_ID_MIN: Final = 1
 KEY_ID_MAX: Final = 255
@@ -60,8 +59,7 @@ class IssuerKey:
         return self.not_after is None or at < self.not_after
 
 
-def key_name(key_id: int) -> str:
-    return f"key-{key_id}"
+KEY_NAME: Final = "issuer"
 
 
 def _issuer_key(stored: StoredKey) -> IssuerKey:
@@ -77,9 +75,10 @@ def _issuer_key(stored: StoredKey) -> IssuerKey:
 async def load_keys(conn: asyncpg.Connection, keystore: Keystore) -> list[IssuerKey]:
     """Every issuer key that is not revoked, newest first; one (the newest) per key id."""
     keys: dict[int, IssuerKey] = {}
-    for stored in await keystore.of_kind(conn, KeyKind.QR_ISSUER):
-        key = _issuer_key(stored)
-        keys.setdefault(key.key_id, key)
+    for stored in await keystore.versions(conn, KeyKind.QR_ISSUER, KEY_NAME):
+        if stored.status != "revoked":
+            key = _issuer_key(stored)
+            keys.setdefault(key.key_id, key)
     return list(keys.values())
 
 
@@ -98,23 +97,20 @@ async def rotate_issuer_key(
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", LOCK)
         now = datetime.now(UTC)
+        stored = await keystore.versions(conn, KeyKind.QR_ISSUER, KEY_NAME)
         keys = await load_keys(conn, keystore)
         live = {k.key_id for k in keys if k.verifies_at(int(now.timestamp()))}
-        newest = max(
-            (s for s in await keystore.of_kind(conn, KeyKind.QR_ISSUER)),
-            key=lambda s: s.id,
-            default=None,
-        )
-        key_id = KEY_ID_MIN if newest is None else int(newest.meta["key_id"])
+        # Ids go round 1..255 from the newest key's, skipping any that still verifies.
+        key_id = int(stored[0].meta["key_id"]) if stored else KEY_ID_MAX
         for _ in range(KEY_ID_MAX):
             key_id = key_id % KEY_ID_MAX + 1
             if key_id not in live:
                 break
         else:
             raise KeyIdsExhausted("all 255 issuer key ids still verify certificates")
-        for stored in await keystore.of_kind(conn, KeyKind.QR_ISSUER):
-            if stored.status == "active":
-                await keystore.set_status(conn, stored.id, "retired", now + verify_for)
+        for old in stored:
+            if old.status == "active":
+                await keystore.set_status(conn, old.id, "retired", now + verify_for)
         await _store_new_key(conn, keystore, key_id)
         return key_id
 
@@ -124,7 +120,7 @@ async def _store_new_key(conn: asyncpg.Connection, keystore: Keystore, key_id: i
     private = generate_private_key()
     secret = private.private_numbers().private_value.to_bytes(SCALAR_BYTES, "big")
     await keystore.put(
-        conn, KeyKind.QR_ISSUER, key_name(key_id), secret,
+        conn, KeyKind.QR_ISSUER, KEY_NAME, secret,
         public_data=encode_public_key(private.public_key()),
         meta={"key_id": key_id, "valid_from": int(time.time())},
     )  # fmt: skip

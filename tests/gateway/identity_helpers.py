@@ -92,3 +92,54 @@ async def admin_token(pool: asyncpg.Pool, config: Config, role: str = "admin") -
         {"role": role},
     )  # fmt: skip
     return {"Authorization": f"Bearer {token}"}
+
+
+async def fund(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, config: Config, rider_id: int, amount_fen: int
+) -> None:
+    """Credit a rider's wallet the way operators do: POST /v1/admin/adjustments."""
+    response = await client.post(
+        "/v1/admin/adjustments",
+        json={"rider_id": rider_id, "amount_fen": amount_fen, "reason": "test funding"},
+        headers={**await admin_token(pool, config), "Idempotency-Key": secrets.token_hex(8)},
+    )
+    assert response.status == 201, await response.text()
+
+
+# --- QR ride codes -------------------------------------------------------------------------
+async def qr_certificate(
+    client: TestClient[Any, Any], login: RiderLogin, device: Any | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """A phone (`qr.phone.Phone`) certified for the rider: challenge, proof, certificate."""
+    from qr.format import RiderCertificate
+    from qr.phone import Phone, generate_device_key
+    from qr.signing import encode_public_key, sign_challenge
+
+    device = device or generate_device_key()
+    response = await client.post("/v1/qr/challenges", headers=login.auth)
+    assert response.status == 201, await response.text()
+    challenge = bytes.fromhex((await response.json())["challenge"])
+    response = await client.post(
+        "/v1/qr/certificates",
+        headers=login.auth,
+        json={
+            "challenge": challenge.hex(),
+            "device_public_key": encode_public_key(device.public_key()).hex(),
+            "signature": sign_challenge(device, challenge).hex(),
+        },
+    )
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    return Phone(RiderCertificate.from_text(body["certificate"]), device), body
+
+
+async def upload_rides(
+    client: TestClient[Any, Any], gate: TerminalKey, rides: list[dict[str, Any]]
+) -> Any:
+    """POST /v1/qr/rides signed by the gate; the response (not read)."""
+    import json
+
+    body = json.dumps({"rides": rides}).encode()
+    headers = {**gate.sign("POST", "/v1/qr/rides", body), "Content-Type": "application/json"}
+    return await client.post("/v1/qr/rides", data=body, headers=headers)
+

@@ -187,9 +187,13 @@ async def test_bola_sweep_every_route_with_an_object_id(
         (await (await client.get("/v1/wallet/transactions", headers=r.auth)).json())["items"][0]["txn_id"]
         for r in riders
     ]
+    qr_codes = [
+        (await (await client.post("/v1/qr/codes", headers=r.auth)).json())["id"] for r in riders
+    ]
     # Objects each principal owns, by path parameter.
     owned: list[dict[str, str]] = [
-        {"txn_id": str(txns[n]), "session_id": riders[n].session, "rider_id": str(riders[n].id)}
+        {"txn_id": str(txns[n]), "session_id": riders[n].session, "rider_id": str(riders[n].id),
+         "code_id": qr_codes[n]}
         for n in range(2)
     ] + [{"key_id": p.key_id} for p in partner_keys] + [{"terminal_id": t.id} for t in terminal_keys]
 
@@ -234,7 +238,8 @@ async def test_bola_sweep_every_route_with_an_object_id(
 
 
 def _params(template: str) -> list[str]:
-    return [part[1:-1] for part in template.split("/") if part.startswith("{")]
+    # A parameter may share its segment with a suffix: /v1/qr/codes/{code_id}.png
+    return [part[1 : part.index("}")] for part in template.split("/") if part.startswith("{")]
 
 
 async def test_without_redis_riders_and_terminals_still_work_partners_wait(
