@@ -134,11 +134,16 @@ async def http_load(
     seconds: float = 5.0,
     connections: int = 32,
     headers: dict[str, str] | None = None,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> LoadResult:
-    """Keep `connections` requests in flight for `seconds`; GET `path`."""
-    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: keep-alive"]
+    """Keep `connections` requests in flight for `seconds`; `method` `path` (GET by default),
+    the same `headers` and `body` every time."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: keep-alive"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    if method != "GET" or body:
+        lines.append(f"Content-Length: {len(body)}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     started = time.perf_counter()

@@ -9,17 +9,21 @@ interleaved so a busy neighbour process skews both sides alike):
   gate has seen (target >= 0.8 of raw) and where every certificate is new (target >= 0.45);
 - the cost of replay protection (`MemoryReplayCache`) on the first stream;
 - type 02 (online) codes verified per second;
-- PNG images rendered per second.
-
-Codes issued per second through the gateway's HTTP API belong with the gateway and are
-measured there, not here.
+- PNG images rendered per second;
+- online codes issued per second by the gateway, `POST /v1/qr/codes` (no image) over real HTTP
+  against a gateway subprocess (`bench_issue_codes_http`), beside the same rider's
+  `GET /v1/wallet` (same auth, one PostgreSQL read) in the same run: issuing adds the deny-list
+  read, an ECDSA signature and a Redis SET.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 
+import aiohttp
+import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from qr.phone import Phone, generate_device_key
@@ -33,6 +37,8 @@ from qr.signing import (
 )
 from qr.verify import CertificateCache, MemoryReplayCache, verify
 
+HTTP_SECONDS = 5.0
+HTTP_CONNECTIONS = 32
 NOW = 1_750_000_000
 KEY_ID = 3
 CODES_PER_ROUND = 2_000
@@ -115,7 +121,8 @@ def _streams(issuer: ec.EllipticCurvePrivateKey) -> dict[str, tuple[list[bytes],
     return {"seen": (mostly_seen, warm), "new": (all_new, []), "online": (online, [])}
 
 
-def main() -> None:
+def bench_gate_sdk() -> None:
+    """The gate SDK's figures: verify per second against raw ECDSA, replay cache, PNG."""
     issuer = generate_private_key()
     keys: IssuerKeys = {KEY_ID: issuer.public_key()}
     streams = _streams(issuer)
@@ -164,6 +171,71 @@ def main() -> None:
     print(f"{'PNG images rendered per second':<46} {_png_rate(seen[0]):>8,.0f} /s", flush=True)
 
 
+async def _bench_rider(port: int, dsn: str) -> dict[str, str]:
+    """A rider with money in the wallet (online codes need some); its auth header."""
+    from gateway.wallet import adjust
+
+    body = {"phone": "+8613900000002", "password": "bench rider password"}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+        async with session.post("/v1/riders", json=body) as response:
+            assert response.status == 201, await response.text()
+            rider_id = (await response.json())["id"]
+        async with session.post("/v1/sessions", json=body) as response:
+            assert response.status == 201, await response.text()
+            token = (await response.json())["access_token"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await adjust(conn, rider_id, 100_000, "bench funding", "bench")
+    finally:
+        await conn.close()
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _issue_codes_http() -> None:
+    from bench._support import (
+        bench_env,
+        free_port,
+        http_load,
+        scratch_database,
+        server_process,
+        server_urls,
+    )
+
+    with server_urls() as (admin_dsn, redis_url):
+        async with scratch_database(admin_dsn) as dsn:
+            env = bench_env(dsn, redis_url)
+            env.update(ONECARD_RATE_RIDER_PER_S="1000000", ONECARD_RATE_RIDER_BURST="1000000")
+            port = free_port()
+            with server_process("bench._servers", ["gateway", str(port)], env, port):
+                auth = await _bench_rider(port, dsn)
+                for seconds in (1.0, HTTP_SECONDS):  # warm up, then measure
+                    codes = await http_load(
+                        port, "/v1/qr/codes", seconds, HTTP_CONNECTIONS, auth, method="POST"
+                    )
+                assert set(codes.statuses) == {201}, codes.statuses
+                wallet = await http_load(port, "/v1/wallet", HTTP_SECONDS, HTTP_CONNECTIONS, auth)
+                assert set(wallet.statuses) == {200}, wallet.statuses
+    print(f"{HTTP_CONNECTIONS} keep-alive connections, {HTTP_SECONDS:.0f} s each, one worker")
+    for name, result in (("POST /v1/qr/codes (issue)", codes), ("GET /v1/wallet", wallet)):
+        print(
+            f"  {name:<28} {result.rate:8,.0f} req/s  p50 {result.p50_ms:.2f} ms  "
+            f"p99 {result.p99_ms:.2f} ms",
+            flush=True,
+        )
+    ratio = codes.rate / wallet.rate
+    print(
+        f"online codes issued per second over HTTP: {codes.rate:,.0f} "
+        f"({ratio:.2f} of the same rider's GET /v1/wallet)",
+        flush=True,
+    )
+
+
+def bench_issue_codes_http() -> None:
+    """Online codes issued per second by `POST /v1/qr/codes` against a gateway subprocess."""
+    asyncio.run(_issue_codes_http())
+
+
 def _png_rate(code: bytes) -> float:
     count = 0
     started = _clock()
@@ -171,6 +243,11 @@ def _png_rate(code: bytes) -> float:
         render_png(code)
         count += 1
     return count / (_clock() - started)
+
+
+def main() -> None:
+    bench_gate_sdk()
+    bench_issue_codes_http()
 
 
 if __name__ == "__main__":
