@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway import db, idempotency
 from gateway.api import route_tables
-from gateway.api.routing import RouteTable, all_endpoints
+from gateway.api.routing import RouteTable, all_endpoints, client_max_size
 from gateway.auth.bearer import BearerAuthenticator
 from gateway.auth.partners import PartnerAuthenticator
 from gateway.auth.ratelimit import LoginGuard, RateLimiter
@@ -50,14 +50,16 @@ REDIS_TIMEOUT_S = 2.0
 def create_app(config: Config, extra_routes: Iterable[RouteTable] = ()) -> web.Application:
     """The gateway as an aiohttp application; `config` must have its URLs set."""
     assert config.database_url and config.redis_url, "start embedded services before the app"
-    app = web.Application(middlewares=[observe], client_max_size=config.body_bytes_max)
+    tables = [*route_tables(), *extra_routes]
+    app = web.Application(
+        middlewares=[observe], client_max_size=client_max_size(config.body_bytes_max, tables)
+    )
     app[CONFIG] = config
     app[KEYSTORE] = Keystore(load_kek(config))
     registry = Registry()
     app[METRICS] = registry
     app[HTTP_METRICS] = HttpMetrics.register(registry)
     app[AUTHENTICATORS] = []
-    tables = [*route_tables(), *extra_routes]
     for table in tables:
         table.install(app)
     app[ENDPOINTS] = all_endpoints(tables)

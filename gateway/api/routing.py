@@ -74,6 +74,9 @@ class Endpoint:
     idempotent: bool = False
     content_type: str = JSON
     errors: tuple[str, ...] = ()
+    # A route whose bodies are legitimately larger than ONECARD_BODY_BYTES_MAX (a gate's batch
+    # upload) names its own bound; every other route keeps the configured one.
+    body_bytes_max: int | None = None
 
 
 @dataclass
@@ -109,6 +112,12 @@ class RouteTable:
             app.router.add_route(endpoint.method, endpoint.path, _wrap(endpoint))
 
 
+def client_max_size(config_bytes_max: int, tables: Iterable[RouteTable]) -> int:
+    """What aiohttp may read at most: the largest bound any route allows."""
+    bounds = [e.body_bytes_max or 0 for table in tables for e in table.endpoints]
+    return max([config_bytes_max, *bounds])
+
+
 def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
@@ -117,15 +126,19 @@ def json_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encoder.encode(value), status=status, content_type=JSON)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The raw body, refused early (413) when it is declared or turns out too large."""
-    limit = request.app[CONFIG].body_bytes_max
+async def read_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The raw body, refused (413) as soon as it is declared or turns out larger than `limit`
+    (the configured ONECARD_BODY_BYTES_MAX unless the route names its own)."""
+    limit = limit or request.app[CONFIG].body_bytes_max
     if (request.content_length or 0) > limit:
         raise errors.BODY_TOO_LARGE.error(limit_bytes=limit)
     try:
-        return await request.read()
+        body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise errors.BODY_TOO_LARGE.error(limit_bytes=limit) from None
+    if len(body) > limit:  # chunked bodies declare no length
+        raise errors.BODY_TOO_LARGE.error(limit_bytes=limit)
+    return body
 
 
 def decode_body(raw: bytes, schema: type, request: web.Request) -> Any:
@@ -190,7 +203,7 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
     from gateway import idempotency  # imported here: idempotency uses this module's encoders
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        raw = await read_body(request) if request.can_read_body else b""
+        raw = await read_body(request, endpoint.body_bytes_max) if request.can_read_body else b""
         principal = None
         if endpoint.principals:
             principal = await authenticate(request, raw, endpoint.principals, endpoint.method)

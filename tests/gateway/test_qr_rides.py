@@ -4,6 +4,7 @@ refusal reason, the deny list on an empty wallet, bounded batches."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -215,6 +216,23 @@ async def test_every_refusal_reason_surfaces_and_nothing_is_debited(
     response = await make.upload_rides(client, gate, [r for r, _ in cases])
     assert await results(response) == [("rejected", reason) for _, reason in cases]
     assert await balance(client, rider) == 1000
+
+
+async def test_a_full_batch_of_a_thousand_offline_rides_fits_one_request(
+    client: ClientT, pool: asyncpg.Pool, config: Config
+) -> None:
+    rider, phone = await funded_phone(client, pool, config, 100_000)
+    gate = await make.terminal(pool)
+    now = int(time.time())
+    batch = [ride(phone.make_code(now), 7, now) for _ in range(1000)]
+    response = await make.upload_rides(client, gate, batch)
+    assert len(json.dumps({"rides": batch})) > 64 * 1024  # above the default body bound
+    assert await results(response) == [("accepted", None)] * 1000
+    assert await balance(client, rider) == 100_000 - 7_000
+    huge = [ride("A" * 300, 7, now)] * 2000  # 1,000 rides are < 400 KiB; this is > 512 KiB
+    response = await make.upload_rides(client, gate, huge)
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "body_too_large"
 
 
 async def test_batches_are_bounded_and_malformed_entries_refused(
