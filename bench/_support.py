@@ -24,21 +24,20 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway import db
-from gateway.embedded import EmbeddedServices
+from gateway import db, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
 def server_urls() -> Iterator[tuple[str, str]]:
-    database_url = os.environ.get("DATABASE_URL", "")
-    redis_url = os.environ.get("REDIS_URL", "")
-    if database_url and redis_url:
-        yield database_url, redis_url
-        return
-    with EmbeddedServices(ROOT / ".onecard" / "bench-services", database_url, redis_url) as emb:
-        yield emb.database_url, emb.redis_url
+    """DATABASE_URL / REDIS_URL, or embedded servers under .onecard/bench-services."""
+    with embedded.server_urls(
+        ROOT / ".onecard" / "bench-services",
+        os.environ.get("DATABASE_URL", ""),
+        os.environ.get("REDIS_URL", ""),
+    ) as urls:
+        yield urls
 
 
 @contextlib.asynccontextmanager

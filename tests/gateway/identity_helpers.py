@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.auth import partners, terminals, tokens
 from gateway.auth.signatures import sign_partner_request, sign_terminal_request
 from gateway.config import Config
-from gateway.keystore import Keystore, KeyKind, load_kek
+from gateway.keystore import KeyKind, Keystore, load_kek
 
 PASSWORD = "correct horse battery"
 _phones = itertools.count(int(time.time() * 1000) % 10**9)
@@ -46,7 +46,9 @@ async def rider(client: TestClient[Any, Any], phone: str | None = None) -> Rider
     login = await client.post("/v1/sessions", json={"phone": phone, "password": PASSWORD})
     assert login.status == 201, await login.text()
     body = await login.json()
-    return RiderLogin(rider_id, phone, body["access_token"], body["refresh_token"], body["session_id"])
+    return RiderLogin(
+        rider_id, phone, body["access_token"], body["refresh_token"], body["session_id"]
+    )
 
 
 @dataclass
@@ -142,4 +144,3 @@ async def upload_rides(
     body = json.dumps({"rides": rides}).encode()
     headers = {**gate.sign("POST", "/v1/qr/rides", body), "Content-Type": "application/json"}
     return await client.post("/v1/qr/rides", data=body, headers=headers)
-
