@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway import errors
 from gateway.api.routing import JSON, Call, RouteTable, encode
 from gateway.auth.principal import PrincipalKind
-from gateway.context import CONFIG, POOL, QR_ISSUER_KEYS, REDIS
+from gateway.context import CONFIG, METRICS, POOL, QR_ISSUER_KEYS, REDIS
 from gateway.qr_codes import certificates, challenges, codes, deny_list, rides
 from gateway.qr_codes.issuer_keys import etag_of
 from qr.format import TEXT_CHARS_MAX
@@ -267,6 +267,11 @@ async def upload_rides(call: Call) -> RideResults:
         [rides.Ride(r.code, r.fare_fen, r.tapped_at) for r in batch.rides],
         int(time.time()),
     )
+    outcomes = app[METRICS].counter(
+        "onecard_qr_rides_total", "QR rides uploaded by gates, by outcome", ("status", "reason")
+    )
+    for result in results:
+        outcomes.inc((result.status.value, str(result.reason or "")))
     return RideResults(
         [RideResultOut(i, r.status.value, r.reason and str(r.reason), r.ride_id)
          for i, r in enumerate(results)]

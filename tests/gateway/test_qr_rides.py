@@ -60,6 +60,9 @@ async def test_a_ride_debits_once_and_the_same_batch_again_is_duplicate(
     assert await balance(client, rider) == 500
     again = await make.upload_rides(client, gate, batch)
     assert await results(again) == [("duplicate", None), ("duplicate", None)]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'onecard_qr_rides_total{status="accepted",reason=""}' in metrics
+    assert 'onecard_qr_rides_total{status="duplicate",reason=""}' in metrics
     assert [r["ride_id"] for r in (await again.json())["results"]] == ride_ids
     assert await balance(client, rider) == 500
     statement = await (await client.get("/v1/wallet/transactions", headers=rider.auth)).json()
