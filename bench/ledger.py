@@ -3,6 +3,9 @@
 Both run CONCURRENCY tasks on one pool against `ledger_accounts` for SECONDS each. A posting is
 a whole two-leg txn (BEGIN, the `ledger_post` function, COMMIT); the baseline is one autocommit
 UPDATE of a balance. Target: postings/s >= 0.5 of the baseline's statements/s.
+
+Also printed: what a posting costs where it is used, beside its cause in one transaction
+(BEGIN, a business row, the posting, COMMIT against BEGIN, the business row, COMMIT).
 """
 
 from __future__ import annotations
@@ -43,9 +46,38 @@ async def bare_update(pool: asyncpg.Pool, pair: list[int]) -> None:
         )
 
 
+async def bare_two_updates(pool: asyncpg.Pool, pair: list[int]) -> None:
+    """A 2-leg move done bare: one autocommit UPDATE per leg, no txn, no entries, no floor."""
+    async with pool.acquire() as conn:
+        for account, amount in ((pair[0], -1), (pair[1], 1)):
+            await conn.execute(
+                "UPDATE ledger_accounts SET balance_fen = balance_fen + $1 WHERE id = $2",
+                amount, account,
+            )  # fmt: skip
+
+
 async def ledger_posting(pool: asyncpg.Pool, pair: list[int]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await post(conn, "bench", [Leg(pair[0], -1), Leg(pair[1], 1)])
+
+
+async def business_row_only(pool: asyncpg.Pool, pair: list[int]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_BUSINESS_ROW, pair[0] * 131 + pair[1])
+
+
+async def business_row_and_posting(pool: asyncpg.Pool, pair: list[int]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_BUSINESS_ROW, pair[0] * 131 + pair[1])
+        await post(conn, "bench", [Leg(pair[0], -1), Leg(pair[1], 1)])
+
+
+# A stand-in for the business row a posting sits beside: an order marked paid.
+_ORDERS = """
+CREATE TABLE bench_orders (id bigint PRIMARY KEY, paid_at timestamptz);
+INSERT INTO bench_orders SELECT g, NULL FROM generate_series(1, 10000) g;
+"""
+_BUSINESS_ROW = "UPDATE bench_orders SET paid_at = now() WHERE id = $1 % 10000 + 1"
 
 
 async def run() -> None:
@@ -54,18 +86,30 @@ async def run() -> None:
             pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY)
             assert pool is not None
             async with pool.acquire() as conn:
+                await conn.execute(_ORDERS)
                 accounts = [
                     await open_account(conn, AccountKind.SUSPENSE, f"bench-{n}")
                     for n in range(ACCOUNTS)
                 ]
             await _for_a_while(bare_update, pool, accounts)  # warm up both paths
             bare = await _for_a_while(bare_update, pool, accounts) / SECONDS
+            bare_moves = await _for_a_while(bare_two_updates, pool, accounts) / SECONDS
             posted = await _for_a_while(ledger_posting, pool, accounts) / SECONDS
+            alone = await _for_a_while(business_row_only, pool, accounts) / SECONDS
+            beside = await _for_a_while(business_row_and_posting, pool, accounts) / SECONDS
             async with pool.acquire() as conn:
                 legs = await conn.fetchval("SELECT count(*) FROM ledger_entries")
             await pool.close()
     print(f"concurrency {CONCURRENCY}, {ACCOUNTS} accounts, {SECONDS:.0f} s each; {legs} entries")
-    report("ledger postings (2-leg txn)", posted, "/s", bare, 0.5)
+    report("ledger postings (2-leg txn) vs single UPDATEs", posted, "/s", bare, 0.5)
+    print(
+        f"ledger postings vs the same 2-leg move as two bare UPDATEs: {posted:,.0f} vs "
+        f"{bare_moves:,.0f} /s ({posted / bare_moves:.2f})"
+    )
+    print(
+        f"what a posting adds to its cause's transaction: {beside:,.0f} business txns/s with "
+        f"a posting vs {alone:,.0f} without ({beside / alone:.2f})"
+    )
 
 
 def main() -> None:
