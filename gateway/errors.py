@@ -117,3 +117,6 @@ QR_BATCH_TOO_LARGE = define(
 QR_DEVICE_IN_USE = define(
     "qr_device_in_use", 409, "This device key is registered to another rider."
 )
+QR_ACCOUNT_DENIED = define(
+    "qr_account_denied", 403, "This account may not ride by QR code; contact customer service."
+)

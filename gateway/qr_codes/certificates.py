@@ -23,6 +23,7 @@ from gateway import errors, wallet
 from gateway.config import Config
 from gateway.qr_codes import challenges, deny_list
 from gateway.qr_codes.issuer_keys import IssuerKeys
+from gateway.qr_codes.rides import GatewayReason
 from qr.format import RiderCertificate
 from qr.signing import (
     InvalidPublicKey,
@@ -48,19 +49,27 @@ class Issued:
 async def spendable_fen(conn: asyncpg.Connection, rider_id: int) -> int:
     """What the rider may ride on: balance above the floor; 422 when there is none.
 
-    Lifts a deny-list entry once the balance is back, so the rider can ride again.
+    Lifts a deny-list entry made for want of money once the balance is back, so the rider can
+    ride again; an entry made for any other reason stays until an operator lifts it.
     """
     found = await wallet.wallet_of(conn, rider_id)
     spendable = found.balance_fen - found.floor_fen
     if spendable <= 0:
         raise errors.INSUFFICIENT_BALANCE.error(balance_fen=found.balance_fen)
-    if await deny_list.account_denied(conn, rider_id):
+    reason = await deny_list.denial_reason(conn, rider_id)
+    if reason == GatewayReason.INSUFFICIENT_BALANCE:
         async with conn.transaction():
             await deny_list.lift_account(conn, rider_id, LIFTED_REASON)
+    elif reason is not None:
+        raise errors.QR_ACCOUNT_DENIED.error()
     return spendable
 
 
 _LOCK_RIDER = "SELECT pg_advisory_xact_lock(hashtext('qr_devices'), hashtext($1))"
+
+_KEY_OF_ANOTHER_RIDER = """
+SELECT 1 FROM qr_devices WHERE fingerprint = $1 AND rider_id <> $2 LIMIT 1
+"""
 
 _ACTIVE_DEVICE = """
 SELECT id, public_key, fingerprint FROM qr_devices WHERE rider_id = $1 AND status = 'active'
@@ -142,7 +151,14 @@ async def issue(
 async def _make_active(
     conn: asyncpg.Connection, rider_id: int, public_key: bytes, fingerprint: bytes
 ) -> tuple[int, bytes | None]:
-    """(the device id of `public_key`, the fingerprint of the device it replaced, if any)."""
+    """(the device id of `public_key`, the fingerprint of the device it replaced, if any).
+
+    A device key ever registered by another rider is refused for good (409): deny-list entries
+    name devices by fingerprint, so letting a second rider register a revoked key (a stolen
+    phone) would lift its revocation and revive the first rider's certificates.
+    """
+    if await conn.fetchval(_KEY_OF_ANOTHER_RIDER, fingerprint, rider_id):
+        raise errors.QR_DEVICE_IN_USE.error()
     active = await conn.fetchrow(_ACTIVE_DEVICE, rider_id)
     if active is not None and active["public_key"] == public_key:
         return active["id"], None
@@ -154,7 +170,7 @@ async def _make_active(
                 conn, active["fingerprint"], last_valid_until, REVOKED_REASON
             )
         revoked = bytes(active["fingerprint"])
-    # A key registered again (the rider went back to an earlier phone) is trusted again.
+    # A key registered again by its own rider (back to an earlier phone) is trusted again.
     await deny_list.restore_device(conn, fingerprint, "registered_again")
     try:
         async with conn.transaction():

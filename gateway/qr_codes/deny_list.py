@@ -40,7 +40,7 @@ class Entry:
 
 
 _LATEST_ACCOUNT = """
-SELECT action FROM qr_deny_list WHERE account_id = $1 ORDER BY version DESC LIMIT 1
+SELECT action, reason FROM qr_deny_list WHERE account_id = $1 ORDER BY version DESC LIMIT 1
 """
 
 _LATEST_DEVICE = """
@@ -81,8 +81,13 @@ async def _lock(conn: asyncpg.Connection) -> None:
 
 
 async def account_denied(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> bool:
-    latest: str | None = await conn.fetchval(_LATEST_ACCOUNT, account_id)
-    return latest == "add"
+    return await denial_reason(conn, account_id) is not None
+
+
+async def denial_reason(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> str | None:
+    """Why the account is on the deny list, or None when it is not."""
+    latest = await conn.fetchrow(_LATEST_ACCOUNT, account_id)
+    return latest["reason"] if latest is not None and latest["action"] == "add" else None
 
 
 async def deny_account(conn: asyncpg.Connection, account_id: int, reason: str) -> bool:

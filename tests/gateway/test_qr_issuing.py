@@ -216,6 +216,60 @@ async def test_one_device_per_rider_the_old_one_is_deny_listed(
     assert response.status == 409 and await error_code(response) == "qr_device_in_use"
 
 
+async def test_a_stolen_revoked_device_key_cannot_be_revived_by_another_rider(
+    client: ClientT, pool: asyncpg.Pool, config: Config
+) -> None:
+    victim = await make.rider(client)
+    await make.fund(client, pool, config, victim.id, 1000)
+    gate = await make.terminal(pool)
+    stolen_phone, _ = await make.qr_certificate(client, victim)
+    await make.qr_certificate(client, victim)  # the victim's new phone revokes the stolen one
+    thief = await make.rider(client)
+    await make.fund(client, pool, config, thief.id, 100)
+    response = await client.post("/v1/qr/challenges", headers=thief.auth)
+    challenge = bytes.fromhex((await response.json())["challenge"])
+    response = await client.post("/v1/qr/certificates", headers=thief.auth, json={
+        "challenge": challenge.hex(),
+        "device_public_key": stolen_phone.certificate.device_public_key.hex(),
+        "signature": sign_challenge(stolen_phone._device_key, challenge).hex(),
+    })  # fmt: skip
+    assert response.status == 409 and await error_code(response) == "qr_device_in_use"
+    now = int(time.time())
+    code = encode_text(stolen_phone.make_code(now))
+    response = await make.upload_rides(
+        client, gate, [{"code": code, "fare_fen": 600, "tapped_at": now}]
+    )
+    results = (await response.json())["results"]
+    assert [(r["status"], r["reason"]) for r in results] == [("rejected", "device_revoked")]
+    wallet = await (await client.get("/v1/wallet", headers=victim.auth)).json()
+    assert wallet["balance_fen"] == 1000
+
+
+async def test_only_a_deny_for_want_of_money_lifts_itself(
+    client: ClientT, pool: asyncpg.Pool, config: Config
+) -> None:
+    from gateway.qr_codes import deny_list
+
+    rider = await make.rider(client)
+    await make.fund(client, pool, config, rider.id, 500)
+    async with pool.acquire() as conn, conn.transaction():
+        await deny_list.deny_account(conn, rider.id, "fraud_suspected")
+    response = await client.post("/v1/qr/codes", headers=rider.auth)
+    assert response.status == 403 and await error_code(response) == "qr_account_denied"
+    device = generate_device_key()
+    challenge = bytes.fromhex(
+        (await (await client.post("/v1/qr/challenges", headers=rider.auth)).json())["challenge"]
+    )
+    response = await client.post("/v1/qr/certificates", headers=rider.auth, json={
+        "challenge": challenge.hex(),
+        "device_public_key": encode_public_key(device.public_key()).hex(),
+        "signature": sign_challenge(device, challenge).hex(),
+    })  # fmt: skip
+    assert response.status == 403 and await error_code(response) == "qr_account_denied"
+    async with pool.acquire() as conn:
+        assert await deny_list.denial_reason(conn, rider.id) == "fraud_suspected"
+
+
 async def test_issuer_keys_are_for_terminals_with_etag(client: ClientT, pool: asyncpg.Pool) -> None:
     gate = await make.terminal(pool)
     path = "/v1/qr/issuer-keys"
