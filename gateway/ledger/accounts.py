@@ -24,9 +24,10 @@ FLOOR_ZERO_KINDS = frozenset({AccountKind.RIDER_WALLET, AccountKind.PARTNER_FLOA
 
 SYSTEM_OWNER = "system"
 
-_OPEN = """
+_FIND_ID = "SELECT id FROM ledger_accounts WHERE kind = $1 AND owner = $2 AND currency = 'CNY'"
+_CREATE = """
 INSERT INTO ledger_accounts (kind, owner, floor_fen) VALUES ($1, $2, $3)
-ON CONFLICT (kind, owner, currency) DO UPDATE SET kind = EXCLUDED.kind
+ON CONFLICT (kind, owner, currency) DO NOTHING
 RETURNING id
 """
 
@@ -41,9 +42,17 @@ async def open_account(
 
     The floor defaults to 0 for kinds that hold someone else's money, none otherwise.
     """
+    # Read first: an existing account (the usual case, and hot ones like an operator's payable)
+    # is neither written nor locked here, so postings alone take account locks, in id order.
+    account_id: int | None = await conn.fetchval(_FIND_ID, kind.value, owner)
+    if account_id is not None:
+        return account_id
     if floor_fen is None and kind in FLOOR_ZERO_KINDS:
         floor_fen = 0
-    account_id: int = await conn.fetchval(_OPEN, kind.value, owner, floor_fen)
+    account_id = await conn.fetchval(_CREATE, kind.value, owner, floor_fen)
+    if account_id is None:  # created by a concurrent transaction meanwhile
+        account_id = await conn.fetchval(_FIND_ID, kind.value, owner)
+    assert account_id is not None
     return account_id
 
 

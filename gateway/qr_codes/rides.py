@@ -103,19 +103,30 @@ class Uploader:
 
     async def upload(self, gate: Gate, rides: list[Ride], now: int) -> list[Result]:
         assert len(rides) <= RIDES_PER_BATCH_MAX, "the route refuses larger batches"
+        # Verify every code before taking a connection: a key reload needs one of its own, and
+        # holding one while waiting for another can exhaust the pool under a burst of uploads.
+        checked = [await self._check(ride, now) for ride in rides]
         async with self.pool.acquire() as conn:
             payable = await open_account(conn, AccountKind.OPERATOR_PAYABLE, gate.operator)
-            return [await self._one(conn, gate, payable, ride, now) for ride in rides]
+            return [
+                outcome if isinstance(outcome, Result)
+                else await self._one(conn, gate, payable, ride, outcome)
+                for ride, outcome in zip(rides, checked, strict=True)
+            ]  # fmt: skip
 
-    async def _one(
-        self, conn: asyncpg.Connection, gate: Gate, payable: int, ride: Ride, now: int
-    ) -> Result:
+    async def _check(self, ride: Ride, now: int) -> Result | Verdict:
+        """The refusal of a ride that fails verification, or its verdict when it passes."""
         if not now - self.age_max_s <= ride.tapped_at <= now + TAP_FUTURE_S_MAX:
             return _refused(GatewayReason.TAP_TIME_OUT_OF_WINDOW)
         verdict = await self._verify(ride)
         if not verdict.ok:
             assert verdict.reason is not None
             return _refused(verdict.reason)
+        return verdict
+
+    async def _one(
+        self, conn: asyncpg.Connection, gate: Gate, payable: int, ride: Ride, verdict: Verdict
+    ) -> Result:
         assert verdict.replay_key is not None and verdict.account_id is not None
         if not await self._claim(verdict.replay_key, gate.terminal_id):
             return _refused(Reason.REPLAYED)

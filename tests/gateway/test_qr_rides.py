@@ -264,3 +264,27 @@ async def test_batches_are_bounded_and_malformed_entries_refused(
     response = await client.post("/v1/qr/rides", json={"rides": [good]}, headers=rider.auth)
     assert response.status == 403
     assert await balance(client, rider) == 1000
+
+
+async def test_uploads_of_unknown_key_ids_never_exhaust_the_pool(
+    make_client: Any, pool: asyncpg.Pool
+) -> None:
+    """Each upload of a code with an unknown issuer key id reloads the keys, which takes a
+    connection: uploads must not hold one while they wait for it (a pool of 2, 4 uploads)."""
+    from gateway.qr_codes import issuer_keys
+    from qr.phone import Phone, generate_device_key
+    from qr.signing import generate_private_key, issue_certificate
+
+    client = await make_client(db_pool_size_min=1, db_pool_size_max=2)
+    gate = await make.terminal(pool)
+    await asyncio.sleep(issuer_keys.RELOAD_INTERVAL_S + 0.5)  # the keys may be reloaded now
+    now = int(time.time())
+    device = generate_device_key()
+    certificate = issue_certificate(
+        generate_private_key(), 250, 1, device.public_key(), now - 60, now + 600, 500
+    )
+    code = Phone(certificate, device).make_code(now)
+    uploads = [make.upload_rides(client, gate, [ride(code, 100, now)]) for _ in range(4)]
+    responses = await asyncio.wait_for(asyncio.gather(*uploads), 15)
+    for response in responses:
+        assert await results(response) == [("rejected", "unknown_issuer_key")]
