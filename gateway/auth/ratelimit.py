@@ -139,9 +139,11 @@ def revoked_session_key(prefix: str, session: str) -> str:
 
 
 class LoginGuard:
-    """Counts failed logins per phone and per IP; 429 once either reaches its limit.
+    """Counts login attempts that did not succeed, per phone and per IP; 429 above the limit.
 
-    The IP limit is higher: many riders share one carrier NAT address.
+    An attempt is counted before its password is checked (and refunded when it succeeds), so
+    guesses sent in parallel are bounded like guesses sent one after another. The IP limit is
+    higher: many riders share one carrier NAT address.
     """
 
     def __init__(self, client: redis.Redis, config: Config, metrics: Registry) -> None:
@@ -157,39 +159,36 @@ class LoginGuard:
     def _keys(self, phone: str, ip: str) -> list[str]:
         return [f"{self._prefix}login-fail:phone:{phone}", f"{self._prefix}login-fail:ip:{ip}"]
 
-    async def check(self, phone: str, ip: str) -> None:
+    async def attempt(self, phone: str, ip: str) -> None:
+        """Count this attempt; 429 when the phone or the address is over its limit."""
         keys = self._keys(phone, ip)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.get(key)
+                    # The window starts at the first attempt (works on Redis 6 and 7 alike).
+                    pipe.set(key, 0, ex=self._window_s, nx=True)
+                    pipe.incr(key)
                     pipe.ttl(key)
-                counts = await pipe.execute()
+                replies = await pipe.execute()
         except (RedisError, OSError):
             log.warning("login limit skipped: Redis unavailable")
             self._degraded.inc(("login_limit",))
             return
         limits = (self._max_per_phone, self._max_per_ip)
-        for count, ttl, limit in zip(counts[::2], counts[1::2], limits, strict=True):
-            if count is not None and int(count) >= limit:
+        for count, ttl, limit in zip(replies[1::3], replies[2::3], limits, strict=True):
+            if int(count) > limit:
                 raise errors.RATE_LIMITED.error(
                     "Too many failed logins; retry later.",
                     headers={"Retry-After": str(max(1, int(ttl)))},
                 )
 
-    async def failed(self, phone: str, ip: str) -> None:
+    async def succeeded(self, phone: str, ip: str) -> None:
+        """A right password: the phone starts afresh and the address gets its attempt back."""
+        phone_key, ip_key = self._keys(phone, ip)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for key in self._keys(phone, ip):
-                    # The window starts at the first failure (works on Redis 6 and 7 alike).
-                    pipe.set(key, 0, ex=self._window_s, nx=True)
-                    pipe.incr(key)
+                pipe.delete(phone_key)
+                pipe.decr(ip_key)
                 await pipe.execute()
-        except (RedisError, OSError):
-            self._degraded.inc(("login_limit",))
-
-    async def succeeded(self, phone: str) -> None:
-        try:
-            await self._redis.delete(self._keys(phone, "")[0])
         except (RedisError, OSError):
             self._degraded.inc(("login_limit",))

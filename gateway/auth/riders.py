@@ -100,16 +100,15 @@ async def log_in(
     user_agent: str,
 ) -> TokenPair:
     """A new session; the same 401 for an unknown phone and a wrong password."""
-    await guard.check(phone, ip)
+    await guard.attempt(phone, ip)
     row = await pool.fetchrow(
         "SELECT id, password_hash FROM riders WHERE phone = $1 AND status = 'active'", phone
     )
     stored = row["password_hash"] if row is not None else passwords.DUMMY_HASH
     matches = await asyncio.to_thread(passwords.verify_password, password, stored)
     if row is None or not matches:
-        await guard.failed(phone, ip)
         raise errors.INVALID_CREDENTIALS.error()
-    await guard.succeeded(phone)
+    await guard.succeeded(phone, ip)
     session_id = uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(

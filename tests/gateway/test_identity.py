@@ -304,3 +304,17 @@ async def test_per_principal_rate_limit(make_client: Any) -> None:
     assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
     other = await make.rider(client)  # buckets are per principal
     assert (await client.get("/v1/me", headers=other.auth)).status == 200
+
+
+async def test_parallel_password_guesses_are_limited_too(make_client: Any, config: Config) -> None:
+    # Its own key prefix: these 40 attempts from 127.0.0.1 must not count against other tests.
+    client = await make_client(login_failures_max=5, redis_prefix=config.redis_prefix + "par:")
+    rider = await make.rider(client)
+    guesses = await asyncio.gather(
+        *(
+            client.post("/v1/sessions", json={"phone": rider.phone, "password": f"guess-{n:04d}"})
+            for n in range(40)
+        )
+    )
+    statuses = sorted(response.status for response in guesses)
+    assert statuses.count(401) == 5 and statuses.count(429) == 35
