@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -169,10 +170,20 @@ def cmd_keys_init(args: argparse.Namespace, config: Config) -> int:
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     for field in fields(Config):
         value = getattr(config, field.name)
-        if field.name in ("kek",) and value:
+        if field.name == "kek" and value:
             value = "(set)"
+        elif field.name in ("database_url", "redis_url") and value:
+            value = _without_password(value)
         print(f"{env_name(field.name)}={value}    # {HELP[field.name]}")
     return 0
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -198,6 +198,11 @@ async def _release(pool: asyncpg.Pool, principal: str, key: str, lease: uuid.UUI
 
 
 async def purge_expired(pool: asyncpg.Pool) -> int:
-    """Delete up to PURGE_BATCH_MAX expired keys; the number deleted."""
-    status = await pool.execute(_PURGE, PURGE_BATCH_MAX)
-    return int(status.split()[-1])
+    """Delete expired keys in batches of PURGE_BATCH_MAX until none is left; the number."""
+    purged = 0
+    while True:
+        status = await pool.execute(_PURGE, PURGE_BATCH_MAX)
+        deleted = int(status.split()[-1])
+        purged += deleted
+        if deleted < PURGE_BATCH_MAX:
+            return purged

@@ -113,7 +113,7 @@ class RideResults(msgspec.Struct):
 
 
 class DenyQuery(msgspec.Struct, forbid_unknown_fields=True):
-    since: Annotated[int, msgspec.Meta(ge=0, description="the last version seen")] = 0
+    since: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1, description="the last version seen")] = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=deny_list.ENTRIES_PER_PAGE_MAX)] = (
         deny_list.ENTRIES_PER_PAGE_MAX
     )

@@ -193,7 +193,8 @@ def _cursor_in(cursor: str | None) -> int | None:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text[:1] == "e" and text[1:].isdigit() and len(text) < 20:
+        digits = text[1:]
+        if text[:1] == "e" and digits.isascii() and digits.isdigit() and len(text) < 20:
             return int(text[1:])
     except (binascii.Error, UnicodeDecodeError):
         pass

@@ -54,7 +54,7 @@ class Call:
     def path_int(self, name: str) -> int:
         """A path parameter that must be a positive integer id; else 404 (nothing to find)."""
         raw = self.request.match_info[name]
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise errors.NOT_FOUND.error()
         return int(raw)
 

@@ -56,6 +56,6 @@ def _audience(token: str) -> str:
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
         claimed = json.loads(payload).get("aud") if b"onecard-admin" in payload else None
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         raise errors.TOKEN_INVALID.error() from None
     return tokens.ADMIN_AUDIENCE if claimed == tokens.ADMIN_AUDIENCE else tokens.RIDER_AUDIENCE

@@ -32,6 +32,12 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
+def _operator_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", text):
+        raise argparse.ArgumentTypeError("1-64 lower-case letters, digits, '.', '_' or '-'")
+    return text
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError("a positive whole number")
@@ -180,5 +186,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     token = group.add_parser("create-token", help="an operator token (printed)")
     token.add_argument("--role", choices=["admin", "auditor"], required=True)
     token.add_argument("--ttl", type=parse_duration, default="8h", help="e.g. 8h, 30m")
-    token.add_argument("--name", default="operator", help="who it is for (the token subject)")
+    token.add_argument(
+        "--name", required=True, type=_operator_name,
+        help="who it is for: the token subject, their own idempotency keys and rate limit",
+    )  # fmt: skip
     token.set_defaults(command=cmd_admin_create_token)

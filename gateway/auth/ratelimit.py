@@ -82,7 +82,7 @@ class RateLimiter:
             allowed, wait_ms, revoked = await self._take(
                 [bucket, revoked_key], [rate, burst, int(time.time() * 1000)]
             )
-        except (RedisError, OSError):
+        except (RedisError, OSError, TimeoutError):
             log.warning("rate limit skipped: Redis unavailable", extra={"kind": principal.kind})
             self._degraded.inc(("rate_limit",))
             return
@@ -111,7 +111,7 @@ class RateLimiter:
     async def _send(self, batch: list[Check]) -> None:
         try:
             results = await self._run(batch)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # every waiting request must get an answer, whatever failed
             results = [exc] * len(batch)
         for (_, _, future), result in zip(batch, results, strict=True):
             if future.done():

@@ -232,7 +232,8 @@ async def verify(
             token, key.public, algorithms=[ALGORITHM], audience=audience, issuer=issuer,
             leeway=LEEWAY_S, options={"require": REQUIRED_CLAIMS, "verify_signature": True},
         )  # fmt: skip
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, RecursionError):
+        # RecursionError: a payload of deeply nested JSON arrays.
         raise errors.TOKEN_INVALID.error() from None
     if not isinstance(claims["sub"], str):
         raise errors.TOKEN_INVALID.error()

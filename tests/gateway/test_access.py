@@ -323,19 +323,37 @@ async def test_operator_commands_from_the_shell(
     )
     assert bad.returncode == 1 and "12 hex digits" in bad.stdout
     token = await asyncio.to_thread(
-        onecard, config, "admin", "create-token", "--role", "auditor", "--ttl", "30m"
+        onecard,
+        config,
+        "admin",
+        "create-token",
+        "--role",
+        "auditor",
+        "--ttl",
+        "30m",
+        "--name",
+        "li.wei",
     )
     assert token.returncode == 0, token.stderr
     auth = {"Authorization": f"Bearer {token.stdout.strip()}"}
     response = await client.get("/v1/whoami", headers=auth)
     assert await response.json() == {
         "kind": "admin",
-        "id": "operator",
+        "id": "li.wei",
         "role": "auditor",
         "operator": None,
     }
     too_long = await asyncio.to_thread(
-        onecard, config, "admin", "create-token", "--role", "admin", "--ttl", "30d"
+        onecard,
+        config,
+        "admin",
+        "create-token",
+        "--role",
+        "admin",
+        "--ttl",
+        "30d",
+        "--name",
+        "li.wei",
     )
     assert too_long.returncode == 2 and "ONECARD_ADMIN_TOKEN_TTL_MAX_S" in too_long.stderr
     limited = await asyncio.to_thread(

@@ -50,6 +50,22 @@ def test_the_cli_stops_on_a_bad_setting() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_onecard_config_never_prints_passwords() -> None:
+    env = dict(
+        os.environ,
+        DATABASE_URL="postgresql://app:s3cret-pw@db.internal:5432/onecard",
+        REDIS_URL="redis://:r3dis-pw@cache.internal:6379/0",
+        ONECARD_KEK="QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config"], env=env, capture_output=True,
+        text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "s3cret-pw" not in result.stdout and "r3dis-pw" not in result.stdout
+    assert "QUFBQUFB" not in result.stdout
+    assert "DATABASE_URL=postgresql://app:***@db.internal:5432/onecard" in result.stdout
+
+
 def test_keys_init_creates_a_private_key_file_once(tmp_path: Path) -> None:
     path = tmp_path / "kek"
     env = dict(os.environ, ONECARD_KEK_FILE=str(path), ONECARD_KEK="")

@@ -197,6 +197,7 @@ async def test_forged_and_broken_tokens_are_401(client: ClientT) -> None:
     stranger = Ed25519PrivateKey.generate()
     head, _, signature = rider.access.split(".")
     tampered = b64(json.dumps({**claims, "sub": str(rider.id + 1)}).encode())
+    nested = ("[" * 1500 + '"onecard-admin"' + "]" * 1500).encode()
     attacks = {
         "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": header["kid"]}),
         "hs256 keyed with the public key": hs256_with(claims, public_pem, header["kid"]),
@@ -206,6 +207,8 @@ async def test_forged_and_broken_tokens_are_401(client: ClientT) -> None:
         ),
         "tampered payload": f"{head}.{tampered}.{signature}",
         "not a jwt": "abc.def",
+        "deeply nested payload": f"{head}.{b64(nested)}.{signature}",
+        "deeply nested header": f"{b64(nested)}.{tampered}.{signature}",
     }
     # Properly signed with the real key, but with a claim missing or wrong.
     for name, changes in {
@@ -275,8 +278,12 @@ async def test_wallet_statement_pages_newest_first(
         if cursor is None:
             break
     assert seen == [-50, 1000, -200, 300, 500]
-    bad = await client.get("/v1/wallet/transactions?cursor=!!!", headers=rider.auth)
-    assert bad.status == 400 and await error_code(bad) == "validation_failed"
+    for cursor in ("!!!", b64("e²".encode()), b64(b"e-1"), b64(b"x12")):
+        bad = await client.get(f"/v1/wallet/transactions?cursor={cursor}", headers=rider.auth)
+        assert bad.status == 400 and await error_code(bad) == "validation_failed", cursor
+    for txn in ("%C2%B2", "12abc", "-1", "9" * 30):
+        missing = await client.get(f"/v1/wallet/transactions/{txn}", headers=rider.auth)
+        assert missing.status == 404 and await error_code(missing) == "not_found", txn
     too_many = await client.get("/v1/wallet/transactions?limit=101", headers=rider.auth)
     assert too_many.status == 400
 

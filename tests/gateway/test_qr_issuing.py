@@ -191,6 +191,10 @@ async def test_one_device_per_rider_the_old_one_is_deny_listed(
     assert mine[0]["expires_at"] == old_phone.certificate.valid_until
     assert delta["version"] >= mine[0]["version"] > since and delta["more"] is False
     assert (await deny_delta(client, gate, delta["version"]))["entries"] == []
+    for since in ("-1", "x", "9" * 25):
+        path = f"/v1/qr/deny-list?since={since}"
+        response = await client.get(path, headers=gate.sign("GET", path))
+        assert response.status == 400 and await error_code(response) == "validation_failed"
     # Gates and the gateway refuse the old device's codes now, and take the new one's.
     now = int(time.time())
     response = await make.upload_rides(client, gate, [
