@@ -260,8 +260,9 @@ async def upload_rides(call: Call) -> RideResults:
     app = call.app
     config = app[CONFIG]
     uploader = rides.Uploader(
-        app[POOL], app[REDIS], config.redis_prefix, app[QR_ISSUER_KEYS], config.qr_ride_age_max_s
-    )
+        app[POOL], app[REDIS], config.redis_prefix, app[QR_ISSUER_KEYS],
+        config.qr_ride_age_max_s, config.qr_ride_ceiling_fen_max,
+    )  # fmt: skip
     results = await uploader.upload(
         rides.Gate(call.principal.id, call.principal.operator),
         [rides.Ride(r.code, r.fare_fen, r.tapped_at) for r in batch.rides],

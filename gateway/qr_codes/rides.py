@@ -100,6 +100,9 @@ class Uploader:
     redis_prefix: str
     keys: IssuerKeys
     age_max_s: int
+    # An online code carries no ceiling of its own: its fare is bounded by the largest
+    # single-ride ceiling a certificate could have.
+    online_fare_max_fen: int
 
     async def upload(self, gate: Gate, rides: list[Ride], now: int) -> list[Result]:
         assert len(rides) <= RIDES_PER_BATCH_MAX, "the route refuses larger batches"
@@ -130,7 +133,7 @@ class Uploader:
         assert verdict.replay_key is not None and verdict.account_id is not None
         if not await self._claim(verdict.replay_key, gate.terminal_id):
             return _refused(Reason.REPLAYED)
-        result = await _record(conn, gate, payable, ride, verdict)
+        result = await _record(conn, gate, payable, ride, verdict, self.online_fare_max_fen)
         if result.reason is Reason.REPLAYED:
             # Redis had forgotten the ride and this gate's claim is wrong: drop it, so the gate
             # that did upload the ride still gets its `duplicate`.
@@ -182,7 +185,12 @@ _UNPAID = "UPDATE qr_rides SET status = 'rejected', reason = $2 WHERE id = $1"
 
 
 async def _record(
-    conn: asyncpg.Connection, gate: Gate, payable: int, ride: Ride, verdict: Verdict
+    conn: asyncpg.Connection,
+    gate: Gate,
+    payable: int,
+    ride: Ride,
+    verdict: Verdict,
+    online_fare_max_fen: int,
 ) -> Result:
     account = verdict.account_id
     assert account is not None and verdict.replay_key is not None
@@ -190,9 +198,9 @@ async def _record(
         refusal: str | None = await deny_list.refusal_at(
             conn, account, verdict.device_fingerprint, ride.tapped_at
         )
-        ceiling = verdict.ceiling_fen
-        if refusal is None and verdict.type == TYPE_OFFLINE and ceiling is not None:
-            refusal = GatewayReason.FARE_ABOVE_CEILING if ride.fare_fen > ceiling else None
+        ceiling = verdict.ceiling_fen if verdict.type == TYPE_OFFLINE else online_fare_max_fen
+        if refusal is None and ceiling is not None and ride.fare_fen > ceiling:
+            refusal = GatewayReason.FARE_ABOVE_CEILING
         wallet = await find_account(conn, AccountKind.RIDER_WALLET, str(account))
         if refusal is None and wallet is None:
             refusal = GatewayReason.UNKNOWN_ACCOUNT

@@ -215,6 +215,8 @@ async def test_every_refusal_reason_surfaces_and_nothing_is_debited(
         (ride(phone.make_code(now), 100, now + 3600), "tap_time_out_of_window"),
         (ride(phone.make_code(now), 100, too_old), "tap_time_out_of_window"),
         (ride(phone.make_code(now), phone.certificate.ceiling_fen + 1, now), "fare_above_ceiling"),
+        (ride(issue_online_code(issuer.private, issuer.key_id, rider.id, now).to_bytes(),
+              config.qr_ride_ceiling_fen_max + 1, now), "fare_above_ceiling"),
     ]  # fmt: skip
     response = await make.upload_rides(client, gate, [r for r, _ in cases])
     assert await results(response) == [("rejected", reason) for _, reason in cases]
