@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway import db, idempotency
 from gateway.api import route_tables
 from gateway.api.routing import RouteTable, all_endpoints, client_max_size
+from gateway.auth import riders
 from gateway.auth.bearer import BearerAuthenticator
 from gateway.auth.partners import PartnerAuthenticator
 from gateway.auth.ratelimit import LoginGuard, RateLimiter
@@ -109,7 +110,9 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
             TerminalAuthenticator(pool, client, config, app[METRICS]),
         ]
     )
-    app[RATE_LIMITER] = RateLimiter(client, config, app[METRICS])
+    app[RATE_LIMITER] = RateLimiter(
+        client, config, app[METRICS], lambda session: riders.session_revoked(pool, session)
+    )
     app[LOGIN_GUARD] = LoginGuard(client, config, app[METRICS])
     yield
 

@@ -104,6 +104,33 @@ def cmd_partners_set_limit(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_riders_set_status(args: argparse.Namespace, config: Config) -> int:
+    import redis.asyncio as redis
+
+    from gateway.auth import riders
+    from gateway.cli import run_async, services
+
+    status = "disabled" if args.action == "disable" else "active"
+
+    async def run(database_url: str, redis_url: str) -> bool:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            return await riders.set_status(pool, client, config, args.phone, status)
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    with services(config) as ready:
+        changed = run_async(run(ready.database_url, ready.redis_url))
+    if not changed:
+        print(f"no rider with phone {args.phone}")
+        return 1
+    ended = "; every session ended" if status == "disabled" else ""
+    print(f"rider {args.phone} is {status}{ended}")
+    return 0
+
+
 def cmd_terminals_register(args: argparse.Namespace, config: Config) -> int:
     public_key = bytes.fromhex(args.public_key) if args.public_key else None
 
@@ -173,6 +200,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     limit.add_argument("--per-s", type=_positive, help="requests per second")
     limit.add_argument("--burst", type=_positive, help="bucket size")
     limit.set_defaults(command=cmd_partners_set_limit)
+
+    group = sub.add_parser("riders", help="rider accounts").add_subparsers(required=True)
+    for action in ("disable", "enable"):
+        parser = group.add_parser(action, help=f"{action} a rider (by phone, E.164)")
+        parser.add_argument("phone")
+        parser.set_defaults(command=cmd_riders_set_status, action=action)
 
     group = sub.add_parser("terminals", help="gates and kiosks").add_subparsers(required=True)
     register_terminal = group.add_parser("register", help="register a terminal")

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as redis
@@ -53,7 +54,15 @@ Check = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
 
 
 class RateLimiter:
-    def __init__(self, client: redis.Redis, config: Config, metrics: Registry) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: Config,
+        metrics: Registry,
+        session_revoked: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
+        # Asked when Redis cannot answer: a logged-out session must stay logged out.
+        self._session_revoked = session_revoked
         self._redis = client
         self._prefix = config.redis_prefix
         self._script = client.register_script(_TAKE)
@@ -85,6 +94,9 @@ class RateLimiter:
         except (RedisError, OSError, TimeoutError):
             log.warning("rate limit skipped: Redis unavailable", extra={"kind": principal.kind})
             self._degraded.inc(("rate_limit",))
+            if principal.session and self._session_revoked is not None:
+                if await self._session_revoked(principal.session):
+                    raise errors.TOKEN_INVALID.error() from None
             return
         if revoked:
             raise errors.TOKEN_INVALID.error()

@@ -145,8 +145,10 @@ async def _pair(
 
 _REFRESH_ROW = """
 SELECT t.status, t.expires_at <= now() AS expired, t.session_id, s.rider_id,
-       s.revoked_at IS NOT NULL AS session_revoked
-FROM refresh_tokens t JOIN rider_sessions s ON s.id = t.session_id
+       s.revoked_at IS NOT NULL OR r.status <> 'active' AS session_revoked
+FROM refresh_tokens t
+JOIN rider_sessions s ON s.id = t.session_id
+JOIN riders r ON r.id = s.rider_id
 WHERE t.token_hash = $1
 FOR UPDATE OF t
 """
@@ -231,3 +233,41 @@ async def sessions(pool: asyncpg.Pool, rider_id: int) -> list[Session]:
     return [
         Session(str(r["id"]), r["created_at"], r["last_used_at"], r["user_agent"]) for r in rows
     ]
+
+
+async def session_revoked(pool: asyncpg.Pool, session_id: str) -> bool:
+    """Whether a session has ended (PostgreSQL's word, for when Redis cannot answer)."""
+    try:
+        session = uuid.UUID(session_id)
+    except ValueError:
+        return True
+    revoked: bool | None = await pool.fetchval(
+        "SELECT s.revoked_at IS NOT NULL OR r.status <> 'active' FROM rider_sessions s "
+        "JOIN riders r ON r.id = s.rider_id WHERE s.id = $1",
+        session,
+    )
+    return revoked is None or revoked
+
+
+async def set_status(
+    pool: asyncpg.Pool, client: redis.Redis, config: Config, phone: str, status: str
+) -> bool:
+    """Disable (ending every session at once) or enable a rider; False when no such phone."""
+    assert status in ("active", "disabled")
+    async with pool.acquire() as conn, conn.transaction():
+        rider_id = await conn.fetchval(
+            "UPDATE riders SET status = $2 WHERE phone = $1 RETURNING id", phone, status
+        )
+        if rider_id is None:
+            return False
+        ended = []
+        if status == "disabled":
+            ended = await conn.fetch(
+                "SELECT id FROM rider_sessions WHERE rider_id = $1 AND revoked_at IS NULL",
+                rider_id,
+            )
+            for row in ended:
+                await _revoke_session(conn, row["id"], "rider disabled")
+    for row in ended:
+        await _mark_revoked(client, config, row["id"])
+    return True

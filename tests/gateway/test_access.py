@@ -294,7 +294,7 @@ async def test_without_redis_riders_and_terminals_still_work_partners_wait(
 
 def onecard(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DATABASE_URL=config.database_url, REDIS_URL=config.redis_url,
-               ONECARD_KEK=config.kek)  # fmt: skip
+               ONECARD_KEK=config.kek, ONECARD_REDIS_PREFIX=config.redis_prefix)  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True,
         timeout=60, check=False,
@@ -368,3 +368,33 @@ async def test_operator_commands_from_the_shell(
     assert statuses == [200, 200, 429]
     disabled = await asyncio.to_thread(onecard, config, "partners", "disable", partner.key_id)
     assert disabled.returncode == 0
+
+
+async def test_a_disabled_rider_is_out_at_once_and_back_when_enabled(
+    client: ClientT, config: Config
+) -> None:
+    rider = await make.rider(client)
+    disabled = await asyncio.to_thread(onecard, config, "riders", "disable", rider.phone)
+    assert disabled.returncode == 0, disabled.stderr
+    assert (await client.get("/v1/wallet", headers=rider.auth)).status == 401
+    refresh = await client.post("/v1/sessions/refresh", json={"refresh_token": rider.refresh})
+    assert refresh.status == 401
+    login = {"phone": rider.phone, "password": make.PASSWORD}
+    assert (await client.post("/v1/sessions", json=login)).status == 401
+    enabled = await asyncio.to_thread(onecard, config, "riders", "enable", rider.phone)
+    assert enabled.returncode == 0, enabled.stderr
+    assert (await client.post("/v1/sessions", json=login)).status == 201
+    unknown = await asyncio.to_thread(onecard, config, "riders", "disable", "+8613000000000")
+    assert unknown.returncode == 1
+
+
+async def test_without_redis_a_logged_out_session_stays_logged_out(
+    make_client: Any, client: ClientT
+) -> None:
+    rider = await make.rider(client)
+    assert (await client.delete("/v1/sessions/current", headers=rider.auth)).status == 204
+    broken = await make_client(redis_url="redis://127.0.0.1:1/0")
+    response = await broken.get("/v1/me", headers=rider.auth)
+    assert response.status == 401 and await error_code(response) == "token_invalid"
+    other = await make.rider(client)
+    assert (await broken.get("/v1/me", headers=other.auth)).status == 200

@@ -331,7 +331,7 @@ async def test_rotation_new_key_id_old_certificates_keep_verifying(
 
 def _onecard(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DATABASE_URL=config.database_url, REDIS_URL=config.redis_url,
-               ONECARD_KEK=config.kek)  # fmt: skip
+               ONECARD_KEK=config.kek, ONECARD_REDIS_PREFIX=config.redis_prefix)  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         env=env, capture_output=True, text=True, timeout=60, check=False,
