@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from gateway import errors
 from gateway.auth import nonces, signatures
 from gateway.auth.principal import Principal, PrincipalKind
+from gateway.cache import TtlCache
 from gateway.config import Config
 from gateway.keystore import KeyKind, Keystore
 
@@ -33,6 +34,7 @@ ROTATION_GRACE = timedelta(hours=24)
 NONCE_CHARS_MAX = 64
 KEY_ID_PREFIX = "pk_"
 SECRET_CACHE_S = 30.0
+CACHE_ENTRIES_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -112,17 +114,19 @@ class PartnerAuthenticator:
         self._keystore = keystore
         self._window_s = config.partner_window_s
         self._prefix = config.redis_prefix
-        # key id -> (partner, secrets that verify, loaded at): a short cache, so that disabling
-        # a partner or rotating its secret takes effect within SECRET_CACHE_S.
-        self._cache: dict[str, tuple[Partner | None, list[str], float]] = {}
+        # key id -> (partner, secrets that verify): a short cache, so that disabling a partner
+        # or rotating its secret takes effect within SECRET_CACHE_S.
+        self._cache: TtlCache[str, tuple[Partner | None, list[str]]] = TtlCache(
+            SECRET_CACHE_S, CACHE_ENTRIES_MAX
+        )
 
     def recognises(self, request: web.Request) -> bool:
         return signatures.KEY_ID in request.headers
 
     async def _credentials(self, key_id: str) -> tuple[Partner | None, list[str]]:
-        cached = self._cache.get(key_id)
-        if cached is not None and time.monotonic() - cached[2] < SECRET_CACHE_S:
-            return cached[0], cached[1]
+        found, cached = self._cache.get(key_id)
+        if found and cached is not None:
+            return cached
         async with self._pool.acquire() as conn:
             partner = await find(conn, key_id)
             valid: list[str] = []
@@ -133,7 +137,7 @@ class PartnerAuthenticator:
                         key.status == "retired" and key.not_after and key.not_after > now
                     ):
                         valid.append(key.secret.decode())
-        self._cache[key_id] = (partner, valid, time.monotonic())
+        self._cache.put(key_id, (partner, valid))
         return partner, valid
 
     async def authenticate(self, request: web.Request, body: bytes) -> Principal:

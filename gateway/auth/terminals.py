@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from gateway import errors
 from gateway.auth import nonces, signatures
 from gateway.auth.principal import Principal, PrincipalKind
+from gateway.cache import TtlCache
 from gateway.config import Config
 from gateway.metrics import Registry
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 TERMINAL_ID = re.compile(r"^[0-9A-F]{12}$")
 OPERATOR = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 KEY_CACHE_S = 30.0
+CACHE_ENTRIES_MAX = 50_000  # a city's gates and validators
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class TerminalAuthenticator:
         self._redis = client
         self._window_s = config.partner_window_s
         self._prefix = config.redis_prefix
-        self._cache: dict[str, tuple[Terminal | None, float]] = {}
+        self._cache: TtlCache[str, Terminal | None] = TtlCache(KEY_CACHE_S, CACHE_ENTRIES_MAX)
         self._degraded = metrics.counter(
             "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
         )
@@ -102,11 +104,11 @@ class TerminalAuthenticator:
         return signatures.TERMINAL in request.headers
 
     async def _terminal(self, terminal_id: str) -> Terminal | None:
-        cached = self._cache.get(terminal_id)
-        if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
-            return cached[0]
+        found, cached = self._cache.get(terminal_id)
+        if found:
+            return cached
         terminal = await find(self._pool, terminal_id)
-        self._cache[terminal_id] = (terminal, time.monotonic())
+        self._cache.put(terminal_id, terminal)
         return terminal
 
     async def authenticate(self, request: web.Request, body: bytes) -> Principal:
