@@ -56,6 +56,8 @@ class Config:
     rate_terminal_burst: int = 200
     rate_admin_per_s: int = 50
     rate_admin_burst: int = 100
+    rate_public_per_s: int = 5
+    rate_public_burst: int = 30
     qr_certificate_ttl_s: int = 24 * 3600
     qr_code_ttl_s: int = 30
     qr_ride_ceiling_fen_max: int = 2000
@@ -175,6 +177,8 @@ HELP: dict[str, str] = {
     "rate_terminal_burst": "terminal bucket size",
     "rate_admin_per_s": "operator requests per second",
     "rate_admin_burst": "operator bucket size",
+    "rate_public_per_s": "sign-ups, logins and refreshes per second from one client address",
+    "rate_public_burst": "that bucket's size",
     "qr_certificate_ttl_s": "validity of a rider QR certificate",
     "qr_code_ttl_s": "validity of an online QR code",
     "qr_ride_ceiling_fen_max": "largest single-ride ceiling a rider QR certificate carries",

@@ -27,6 +27,9 @@ class RateLimiter(Protocol):
     async def check(self, principal: Principal) -> None:
         """Raise 429 `rate_limited` when the principal is over its limit."""
 
+    async def check_address(self, address: str) -> None:
+        """Raise 429 `rate_limited` when the client address is over its limit."""
+
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)

@@ -1,7 +1,9 @@
 """A first peak-hour scenario: riders open the app, log in and look at their wallet.
 
-Run `make run` in one terminal and `make loadtest` in another (50 riders for 60 s by default),
-or `locust -f loadtest/locustfile.py --host http://127.0.0.1:8080` for the web UI. Each
+Run the gateway in one terminal and `make loadtest` in another (50 riders for 60 s by default),
+or `locust -f loadtest/locustfile.py --host http://127.0.0.1:8080` for the web UI. Every
+simulated rider calls from the same address, so lift the per-address limit on sign-ups and
+logins for the run: `ONECARD_RATE_PUBLIC_PER_S=10000 ONECARD_RATE_PUBLIC_BURST=10000 make run`. Each
 simulated rider signs up once with its own phone number, then keeps a session: it reads the
 wallet and the statement, and refreshes its token as the app does. The morning-rush scenarios
 (top-ups, taps, QR rides) join this file as those capabilities land.

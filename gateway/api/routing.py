@@ -207,6 +207,12 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
         principal = None
         if endpoint.principals:
             principal = await authenticate(request, raw, endpoint.principals, endpoint.method)
+        elif endpoint.method != "GET":
+            # Anyone may call these (sign-up, login): each costs a password hash, so they are
+            # limited per client address.
+            limiter = request.app.get(RATE_LIMITER)
+            if limiter is not None:
+                await limiter.check_address(request.remote or "")
         call = Call(request, principal)
         if endpoint.query is not None:
             call.query = decode_query(request, endpoint.query)

@@ -74,12 +74,30 @@ class RateLimiter:
             PrincipalKind.TERMINAL: (config.rate_terminal_per_s, config.rate_terminal_burst),
             PrincipalKind.ADMIN: (config.rate_admin_per_s, config.rate_admin_burst),
         }
+        self._public = (config.rate_public_per_s, config.rate_public_burst)
         self._degraded = metrics.counter(
             "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
         )
         self._limited = metrics.counter(
             "onecard_rate_limited_total", "Requests refused with 429", ("kind",)
         )
+
+    async def check_address(self, address: str) -> None:
+        """The bucket of a client address, for routes anyone may call (sign-up, login)."""
+        bucket = f"{self._prefix}rl:addr:{address}"
+        try:
+            allowed, wait_ms, _ = await self._take(
+                [bucket, bucket], [*self._public, int(time.time() * 1000)]
+            )
+        except (RedisError, OSError, TimeoutError):
+            log.warning("address rate limit skipped: Redis unavailable")
+            self._degraded.inc(("rate_limit",))
+            return
+        if not allowed:
+            self._limited.inc(("address",))
+            raise errors.RATE_LIMITED.error(
+                headers={"Retry-After": str(max(1, math.ceil(wait_ms / 1000)))}
+            )
 
     async def check(self, principal: Principal) -> None:
         rate, burst = principal.limits or self._limits[principal.kind]

@@ -71,6 +71,9 @@ async def config(database_url: str, server_urls: tuple[str, str]) -> AsyncIterat
         kek=base64.b64encode(secrets.token_bytes(32)).decode(),
         access_log=False,
         db_pool_size_max=20,
+        # Every test client calls from 127.0.0.1; the per-address limit has its own test.
+        rate_public_per_s=10_000,
+        rate_public_burst=10_000,
     )
     client = redis.Redis.from_url(server_urls[1])
     keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]

@@ -325,3 +325,22 @@ async def test_parallel_password_guesses_are_limited_too(make_client: Any, confi
     )
     statuses = sorted(response.status for response in guesses)
     assert statuses.count(401) == 5 and statuses.count(429) == 35
+
+
+async def test_sign_ups_and_logins_are_limited_per_address(
+    make_client: Any, config: Config
+) -> None:
+    client = await make_client(
+        rate_public_per_s=1, rate_public_burst=3, redis_prefix=config.redis_prefix + "addr:"
+    )
+    statuses = [
+        (
+            await client.post(
+                "/v1/riders", json={"phone": make.new_phone(), "password": make.PASSWORD}
+            )
+        ).status
+        for _ in range(4)
+    ]
+    assert statuses == [201, 201, 201, 429]
+    login = await client.post("/v1/sessions", json={"phone": make.new_phone(), "password": "x" * 9})
+    assert login.status == 429 and int(login.headers["Retry-After"]) >= 1
