@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway import db, idempotency
 from gateway.api import route_tables
 from gateway.api.routing import RouteTable, all_endpoints, client_max_size
+from gateway.api.system import OPENAPI_DOCUMENT, openapi_document_bytes
 from gateway.auth import riders
 from gateway.auth.bearer import BearerAuthenticator
 from gateway.auth.partners import PartnerAuthenticator
@@ -45,6 +46,7 @@ from gateway.qr_codes.issuer_keys import IssuerKeys
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_S = 600
+TOKEN_KEYS_RELOAD_S = 60
 REDIS_TIMEOUT_S = 2.0
 
 
@@ -64,6 +66,7 @@ def create_app(config: Config, extra_routes: Iterable[RouteTable] = ()) -> web.A
     for table in tables:
         table.install(app)
     app[ENDPOINTS] = all_endpoints(tables)
+    app[OPENAPI_DOCUMENT] = openapi_document_bytes(app[ENDPOINTS])
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_identity)
@@ -110,11 +113,15 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
             TerminalAuthenticator(pool, client, config, app[METRICS]),
         ]
     )
+    reloader = asyncio.create_task(_reload_forever(keys), name="token-keys-reloader")
     app[RATE_LIMITER] = RateLimiter(
         client, config, app[METRICS], lambda session: riders.session_revoked(pool, session)
     )
     app[LOGIN_GUARD] = LoginGuard(client, config, app[METRICS])
     yield
+    reloader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reloader
 
 
 async def _qr_issuer_keys(app: web.Application) -> AsyncIterator[None]:
@@ -123,6 +130,16 @@ async def _qr_issuer_keys(app: web.Application) -> AsyncIterator[None]:
     await keys.load()
     app[QR_ISSUER_KEYS] = keys
     yield
+
+
+async def _reload_forever(keys: TokenKeys) -> None:
+    """Signing keys rotated or revoked elsewhere reach this worker within a minute."""
+    while True:
+        await asyncio.sleep(TOKEN_KEYS_RELOAD_S)
+        try:
+            await keys.load()
+        except Exception:
+            log.warning("reloading token signing keys failed", exc_info=True)
 
 
 async def _idempotency_purger(app: web.Application) -> AsyncIterator[None]:

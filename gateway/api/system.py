@@ -12,15 +12,20 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.api import openapi
-from gateway.api.routing import Call, RouteTable, json_response
-from gateway.context import ENDPOINTS, METRICS, POOL, REDIS
+from gateway.api.routing import Call, Endpoint, RouteTable, json_response
+from gateway.context import METRICS, POOL, REDIS
 
 routes = RouteTable("system")
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-_OPENAPI = web.AppKey("openapi_document", bytes)
+OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
+
+
+def openapi_document_bytes(endpoints: list[Endpoint]) -> bytes:
+    """The encoded /openapi.json, built once when the app is made."""
+    return msgspec.json.encode(openapi.build(endpoints, "OneCard Gateway", __version__))
 
 
 class Health(msgspec.Struct):
@@ -74,12 +79,7 @@ async def metrics(call: Call) -> web.Response:
 @routes.get("/openapi.json")
 async def openapi_document(call: Call) -> web.Response:
     """This API described in OpenAPI 3.1."""
-    app = call.app
-    document = app.get(_OPENAPI)
-    if document is None:
-        built = openapi.build(app[ENDPOINTS], "OneCard Gateway", __version__)
-        document = msgspec.json.encode(built)
-    return web.Response(body=document, content_type="application/json")
+    return web.Response(body=call.app[OPENAPI_DOCUMENT], content_type="application/json")
 
 
 @routes.get("/docs", content_type="text/html")
