@@ -35,8 +35,8 @@ class Counter:
     labelnames: Labels = ()
     values: dict[Labels, float] = field(default_factory=dict)
 
-    def inc(self, labels: Labels = (), amount: float = 1) -> None:
-        self.values[labels] = self.values.get(labels, 0) + amount
+    def inc(self, labels: Labels = (), by: float = 1) -> None:
+        self.values[labels] = self.values.get(labels, 0) + by
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"

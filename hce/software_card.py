@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -374,31 +374,11 @@ class SoftwareCard:
 
     def _read_binary(self, cmd: A.CommandApdu, _pending: object) -> bytes:
         self._require_selected()
-        if not cmd.p1 & 0x80 or cmd.p1 & 0x60:
-            raise _Answer(SW.WRONG_P1_P2)
-        read = _parse(A.ReadBinary.from_apdu, cmd)
-        if read.sfi != A.SFI_ISSUER_INFO:
-            raise _Answer(SW.FILE_NOT_FOUND)
-        content = self.issuer_info.to_bytes()
-        if read.offset >= len(content):
-            raise _Answer(SW.WRONG_OFFSET)
-        want = len(content) - read.offset if cmd.le in (None, 256) else read.length
-        if read.offset + want > len(content):
-            raise _Answer(SW.WRONG_LENGTH)
-        return content[read.offset : read.offset + want]
+        return read_issuer_file(cmd, self.issuer_info)
 
     def _read_record(self, cmd: A.CommandApdu, _pending: object) -> bytes:
         self._require_selected()
-        if cmd.p2 & 0x07 != 4 or not cmd.p2 >> 3:
-            raise _Answer(SW.WRONG_P1_P2)
-        read = _parse(A.ReadRecord.from_apdu, cmd)
-        if read.sfi != A.SFI_RECORDS:
-            raise _Answer(SW.FILE_NOT_FOUND)
-        if cmd.le not in (None, 256, A.RECORD_BYTES):
-            raise _Answer(SW.WRONG_LENGTH)
-        if not 1 <= read.record <= len(self._records):
-            raise _Answer(SW.RECORD_NOT_FOUND)
-        return self._records[read.record - 1].to_bytes()
+        return read_transaction_record(cmd, self._records)
 
     def _get_balance(self, cmd: A.CommandApdu, _pending: object) -> bytes:
         self._require_selected()
@@ -653,6 +633,35 @@ def _proof_kind(tx_type: int) -> str:
 
 def _sw(sw: int) -> bytes:
     return sw.to_bytes(2, "big")
+
+
+def read_issuer_file(cmd: A.CommandApdu, issuer_info: A.IssuerInfo) -> bytes:
+    """READ BINARY of file 0015 (CARD_PROTOCOL.md "Applications and files"), for any card."""
+    if not cmd.p1 & 0x80 or cmd.p1 & 0x60:
+        raise _Answer(SW.WRONG_P1_P2)
+    read = _parse(A.ReadBinary.from_apdu, cmd)
+    if read.sfi != A.SFI_ISSUER_INFO:
+        raise _Answer(SW.FILE_NOT_FOUND)
+    content = issuer_info.to_bytes()
+    if read.offset >= len(content):
+        raise _Answer(SW.WRONG_OFFSET)
+    want = len(content) - read.offset if cmd.le in (None, 256) else read.length
+    if read.offset + want > len(content):
+        raise _Answer(SW.WRONG_LENGTH)
+    return content[read.offset : read.offset + want]
+
+
+def read_transaction_record(cmd: A.CommandApdu, records: Sequence[A.TransactionRecord]) -> bytes:
+    """READ RECORD of file 0018, newest first (CARD_PROTOCOL.md "Applications and files")."""
+    if cmd.p2 & 0x07 != 4 or not cmd.p2 >> 3:
+        raise _Answer(SW.WRONG_P1_P2)
+    read = _parse(A.ReadRecord.from_apdu, cmd)
+    if read.sfi != A.SFI_RECORDS:
+        raise _Answer(SW.FILE_NOT_FOUND)
+    _check_le(cmd, A.RECORD_BYTES)
+    if not 1 <= read.record <= len(records):
+        raise _Answer(SW.RECORD_NOT_FOUND)
+    return records[read.record - 1].to_bytes()
 
 
 def _check_le(cmd: A.CommandApdu, size: int) -> None:

@@ -54,6 +54,8 @@ from hce.software_card import (
     _parse,
     _sw,
     purchase_proofs,
+    read_issuer_file,
+    read_transaction_record,
     record_count_max,
 )
 
@@ -394,29 +396,10 @@ class VirtualCard:
         return A.SelectResponse(self.aid, self.app_version, self.issuer_info, key_info).to_bytes()
 
     def _read_binary(self, cmd: A.CommandApdu) -> bytes:
-        if not cmd.p1 & 0x80 or cmd.p1 & 0x60:
-            raise _Answer(SW.WRONG_P1_P2)
-        read = _parse(A.ReadBinary.from_apdu, cmd)
-        if read.sfi != A.SFI_ISSUER_INFO:
-            raise _Answer(SW.FILE_NOT_FOUND)
-        content = self.issuer_info.to_bytes()
-        if read.offset >= len(content):
-            raise _Answer(SW.WRONG_OFFSET)
-        want = len(content) - read.offset if cmd.le in (None, 256) else read.length
-        if read.offset + want > len(content):
-            raise _Answer(SW.WRONG_LENGTH)
-        return content[read.offset : read.offset + want]
+        return read_issuer_file(cmd, self.issuer_info)
 
     def _read_record(self, cmd: A.CommandApdu) -> bytes:
-        if cmd.p2 & 0x07 != 4 or not cmd.p2 >> 3:
-            raise _Answer(SW.WRONG_P1_P2)
-        read = _parse(A.ReadRecord.from_apdu, cmd)
-        if read.sfi != A.SFI_RECORDS:
-            raise _Answer(SW.FILE_NOT_FOUND)
-        _check_le(cmd, A.RECORD_BYTES)
-        if not 1 <= read.record <= len(self._records):
-            raise _Answer(SW.RECORD_NOT_FOUND)
-        return self._records[read.record - 1].to_bytes()
+        return read_transaction_record(cmd, self._records)
 
     def _initialize(self, cmd: A.CommandApdu, luk: Luk) -> bytes:
         if cmd.p2 != A.P2_EP or cmd.p1 not in (A.P1_INIT_PURCHASE, A.P1_INIT_COMPOUND):
