@@ -1,0 +1,55 @@
+"""`onecard serve --workers N` from the shell: N processes on one port, all stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import psutil
+
+from gateway.config import Config
+from tests.gateway.test_idempotency import free_port, wait_until_up
+
+
+def start_serve(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers)]
+    return subprocess.Popen(command, env=env)
+
+
+async def test_workers_share_the_port_and_stop_together(config: Config) -> None:
+    port = free_port()
+    env = dict(
+        os.environ,
+        DATABASE_URL=config.database_url,
+        REDIS_URL=config.redis_url,
+        ONECARD_KEK=config.kek,
+        ONECARD_REDIS_PREFIX=config.redis_prefix,
+        ONECARD_PORT=str(port),
+        ONECARD_ACCESS_LOG="false",
+    )
+    parent = start_serve(env, workers=2)
+    try:
+        await wait_until_up(port)
+        workers = psutil.Process(parent.pid).children()
+        assert len(workers) == 2
+        async with aiohttp.ClientSession() as session:
+            statuses = await asyncio.gather(
+                *(session.get(f"http://127.0.0.1:{port}/readyz") for _ in range(50))
+            )
+            assert {response.status for response in statuses} == {200}
+        parent.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(parent.wait, 30) == 0
+        deadline = time.monotonic() + 10
+        while any(
+            worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers
+        ):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            await asyncio.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
