@@ -187,7 +187,8 @@ json_values = st.recursive(
 header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Examples per run come from the profile: 100 in make test, 20,000 in make fuzz.
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     body=st.one_of(
         st.binary(max_size=200),
