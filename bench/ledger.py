@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 
 from bench._support import report, scratch_database, server_urls
+from gateway import db
+from gateway.config import Config
 from gateway.ledger import AccountKind, Leg, open_account, post
 
 SECONDS = 5.0
@@ -84,8 +86,10 @@ _BUSINESS_ROW = "UPDATE bench_orders SET paid_at = now() WHERE id = $1 % 10000 +
 async def run() -> None:
     with server_urls() as (admin_dsn, _):
         async with scratch_database(admin_dsn) as dsn:
-            pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY)
-            assert pool is not None
+            # The gateway's own pool (its settings, its connection reset), for both loops.
+            pool = await db.create_pool(
+                Config(db_pool_size_min=CONCURRENCY, db_pool_size_max=CONCURRENCY), dsn
+            )
             async with pool.acquire() as conn:
                 await conn.execute(_ORDERS)
                 accounts = [
