@@ -64,6 +64,15 @@ async def ledger_posting(pool: asyncpg.Pool, pair: list[int]) -> None:
         await post(conn, "bench", [Leg(pair[0], -1), Leg(pair[1], 1)])
 
 
+async def posting_statement_alone(pool: asyncpg.Pool, pair: list[int]) -> None:
+    """The `ledger_post` statement with no transaction around it: what the function itself
+    costs. Not how the gateway posts (always beside a cause, inside its transaction)."""
+    async with pool.acquire() as conn:
+        await conn.fetchrow(
+            "SELECT txn_id FROM ledger_post('bench', NULL, '', $1, $2)", pair, [-1, 1]
+        )
+
+
 async def business_row_only(pool: asyncpg.Pool, pair: list[int]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_BUSINESS_ROW, pair[0] * 131 + pair[1])
@@ -99,6 +108,7 @@ async def run() -> None:
             await _for_a_while(bare_update, pool, accounts)  # warm up both paths
             bare = await _for_a_while(bare_update, pool, accounts) / SECONDS
             bare_moves = await _for_a_while(bare_two_updates, pool, accounts) / SECONDS
+            statement = await _for_a_while(posting_statement_alone, pool, accounts) / SECONDS
             posted = await _for_a_while(ledger_posting, pool, accounts) / SECONDS
             alone = await _for_a_while(business_row_only, pool, accounts) / SECONDS
             beside = await _for_a_while(business_row_and_posting, pool, accounts) / SECONDS
@@ -110,6 +120,10 @@ async def run() -> None:
     print(
         f"ledger postings vs the same 2-leg move as two bare UPDATEs: {posted:,.0f} vs "
         f"{bare_moves:,.0f} /s ({posted / bare_moves:.2f})"
+    )
+    print(
+        f"the ledger_post statement alone, no transaction around it: {statement:,.0f} /s "
+        f"({statement / bare:.2f} of single UPDATEs): the rest is BEGIN and COMMIT"
     )
     print(
         f"what a posting adds to its cause's transaction: {beside:,.0f} business txns/s with "
