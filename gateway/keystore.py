@@ -179,14 +179,6 @@ class Keystore:
         )
         return None if row is None else self._open(row)
 
-    async def of_kind(self, conn: asyncpg.Connection, kind: KeyKind) -> list[StoredKey]:
-        """Every key of a kind that is not revoked, newest first."""
-        rows = await conn.fetch(
-            _SELECT.replace("AND name = $2", "AND status <> 'revoked'") + " ORDER BY id DESC",
-            kind.value,
-        )
-        return [self._open(row) for row in rows]
-
     async def set_status(
         self,
         conn: asyncpg.Connection,
