@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway import errors
 from gateway.auth.principal import Principal, PrincipalKind
 from gateway.config import Config
-from gateway.metrics import Registry
+from gateway.metrics import Counter, Registry
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class RateLimiter:
             PrincipalKind.ADMIN: (config.rate_admin_per_s, config.rate_admin_burst),
         }
         self._public = (config.rate_public_per_s, config.rate_public_burst)
-        self._degraded = metrics.counter(
-            "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
-        )
+        self._degraded = degraded_checks(metrics)
         self._limited = metrics.counter(
             "onecard_rate_limited_total", "Requests refused with 429", ("kind",)
         )
@@ -164,6 +162,13 @@ class RateLimiter:
         return results
 
 
+def degraded_checks(metrics: Registry) -> Counter:
+    """Checks let through (or answered from PostgreSQL) because Redis did not answer."""
+    return metrics.counter(
+        "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
+    )
+
+
 def revoked_session_key(prefix: str, session: str) -> str:
     return f"{prefix}revoked-session:{session}"
 
@@ -182,9 +187,7 @@ class LoginGuard:
         self._max_per_phone = config.login_failures_max
         self._max_per_ip = config.login_failures_ip_max
         self._window_s = config.login_failure_window_s
-        self._degraded = metrics.counter(
-            "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
-        )
+        self._degraded = degraded_checks(metrics)
 
     def _keys(self, phone: str, ip: str) -> list[str]:
         return [f"{self._prefix}login-fail:phone:{phone}", f"{self._prefix}login-fail:ip:{ip}"]

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from gateway import errors
 from gateway.auth import nonces, signatures
 from gateway.auth.principal import Principal, PrincipalKind
+from gateway.auth.ratelimit import degraded_checks
 from gateway.cache import TtlCache
 from gateway.config import Config
 from gateway.metrics import Registry
@@ -96,9 +97,7 @@ class TerminalAuthenticator:
         self._window_s = config.partner_window_s
         self._prefix = config.redis_prefix
         self._cache: TtlCache[str, Terminal | None] = TtlCache(KEY_CACHE_S, CACHE_ENTRIES_MAX)
-        self._degraded = metrics.counter(
-            "onecard_redis_degraded_total", "Checks let through because Redis failed", ("check",)
-        )
+        self._degraded = degraded_checks(metrics)
 
     def recognises(self, request: web.Request) -> bool:
         return signatures.TERMINAL in request.headers
