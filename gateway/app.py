@@ -1,77 +1,70 @@
-"""The application factory: `create_app(config)` wires config, pools, routes and middleware.
+"""The application factory: `create_app(config)` wires config, pools, middleware and areas.
 
-Tests build the app with the same factory. Resources (PostgreSQL pool, Redis client, background
-workers) live in `cleanup_ctx` generators, so they open with the app and close with it.
+Tests build the app with the same factory. Resources (PostgreSQL pool, Redis client, each
+area's service object, background jobs) live in `cleanup_ctx` generators, so they open with
+the app and close with it. Areas come from `gateway/areas.py`; nothing here names one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import redis.asyncio as redis
 from aiohttp import web
 
-from gateway import db, idempotency
-from gateway.api import route_tables
-from gateway.api.routing import RouteTable, all_endpoints, client_max_size
+from gateway import db
+from gateway.api.routing import RouteTable, all_endpoints, allowed_methods, client_max_size
 from gateway.api.system import OPENAPI_DOCUMENT, openapi_document_bytes
-from gateway.auth import riders
-from gateway.auth.bearer import BearerAuthenticator
-from gateway.auth.partners import PartnerAuthenticator
-from gateway.auth.ratelimit import LoginGuard, RateLimiter
-from gateway.auth.terminals import TerminalAuthenticator
-from gateway.auth.tokens import TokenKeys
+from gateway.area import Area
+from gateway.areas import AREAS
 from gateway.config import Config
-from gateway.context import (
-    AUTHENTICATORS,
-    CONFIG,
-    ENDPOINTS,
-    KEYSTORE,
-    LOGIN_GUARD,
-    METRICS,
-    POOL,
-    QR_ISSUER_KEYS,
-    RATE_LIMITER,
-    REDIS,
-    TOKEN_KEYS,
-)
+from gateway.context import ALLOWED_METHODS, AUTHENTICATORS, CONFIG, KEYSTORE, METRICS, POOL, REDIS
 from gateway.keystore import Keystore, load_kek
 from gateway.metrics import Registry
 from gateway.middleware import HTTP_METRICS, HttpMetrics, observe
-from gateway.qr_codes.issuer_keys import IssuerKeys
+from gateway.workers import supervise
 
-log = logging.getLogger(__name__)
-
-PURGE_INTERVAL_S = 600
-TOKEN_KEYS_RELOAD_S = 60
 REDIS_TIMEOUT_S = 2.0
 
 
-def create_app(config: Config, extra_routes: Iterable[RouteTable] = ()) -> web.Application:
-    """The gateway as an aiohttp application; `config` must have its URLs set."""
+def create_app(
+    config: Config,
+    extra_routes: Iterable[RouteTable] = (),
+    *,
+    http: bool = True,
+    jobs: bool = True,
+    areas: Sequence[Area] = AREAS,
+) -> web.Application:
+    """The gateway as an aiohttp application; `config` must have its URLs set.
+
+    `http=False` builds the services and jobs without routes (`onecard work`); `jobs=False`
+    serves HTTP without background jobs (`onecard serve --no-jobs`).
+    """
     assert config.database_url and config.redis_url, "start embedded services before the app"
-    tables = [*route_tables(), *extra_routes]
+    tables = [table for area in areas for table in area.routes] + list(extra_routes)
+    if not http:
+        tables = []
     app = web.Application(
         middlewares=[observe], client_max_size=client_max_size(config.body_bytes_max, tables)
     )
     app[CONFIG] = config
     app[KEYSTORE] = Keystore(load_kek(config))
-    registry = Registry()
+    registry = Registry(config.metrics_dir or None)
     app[METRICS] = registry
     app[HTTP_METRICS] = HttpMetrics.register(registry)
     app[AUTHENTICATORS] = []
     for table in tables:
         table.install(app)
-    app[ENDPOINTS] = all_endpoints(tables)
-    app[OPENAPI_DOCUMENT] = openapi_document_bytes(app[ENDPOINTS])
+    endpoints = all_endpoints(tables)
+    app[ALLOWED_METHODS] = allowed_methods(endpoints)
+    app[OPENAPI_DOCUMENT] = openapi_document_bytes(endpoints)
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
-    app.cleanup_ctx.append(_identity)
-    app.cleanup_ctx.append(_qr_issuer_keys)
-    app.cleanup_ctx.append(_idempotency_purger)
+    for area in areas:
+        if area.setup is not None:
+            app.cleanup_ctx.append(area.setup)
+    if jobs:
+        app.cleanup_ctx.append(supervise(job for area in areas for job in area.jobs))
     return app
 
 
@@ -98,61 +91,3 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     yield
     await client.aclose()
-
-
-async def _identity(app: web.Application) -> AsyncIterator[None]:
-    """Token keys, the three authenticators and the rate limits."""
-    config, pool, client = app[CONFIG], app[POOL], app[REDIS]
-    keys = TokenKeys(app[KEYSTORE], pool)
-    await keys.load()
-    app[TOKEN_KEYS] = keys
-    app[AUTHENTICATORS].extend(
-        [
-            BearerAuthenticator(keys, config.jwt_issuer),
-            PartnerAuthenticator(pool, client, app[KEYSTORE], config),
-            TerminalAuthenticator(pool, client, config, app[METRICS]),
-        ]
-    )
-    reloader = asyncio.create_task(_reload_forever(keys), name="token-keys-reloader")
-    app[RATE_LIMITER] = RateLimiter(
-        client, config, app[METRICS], lambda session: riders.session_revoked(pool, session)
-    )
-    app[LOGIN_GUARD] = LoginGuard(client, config, app[METRICS])
-    yield
-    reloader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reloader
-
-
-async def _qr_issuer_keys(app: web.Application) -> AsyncIterator[None]:
-    """QR issuer keys, loaded (the first one made) at start and reloaded as they rotate."""
-    keys = IssuerKeys(app[KEYSTORE], app[POOL])
-    await keys.load()
-    app[QR_ISSUER_KEYS] = keys
-    yield
-
-
-async def _reload_forever(keys: TokenKeys) -> None:
-    """Signing keys rotated or revoked elsewhere reach this worker within a minute."""
-    while True:
-        await asyncio.sleep(TOKEN_KEYS_RELOAD_S)
-        try:
-            await keys.load()
-        except Exception:
-            log.warning("reloading token signing keys failed", exc_info=True)
-
-
-async def _idempotency_purger(app: web.Application) -> AsyncIterator[None]:
-    async def purge_forever() -> None:
-        while True:
-            try:
-                await idempotency.purge_expired(app[POOL])
-            except Exception:
-                log.warning("purging expired idempotency keys failed", exc_info=True)
-            await asyncio.sleep(PURGE_INTERVAL_S)
-
-    task = asyncio.create_task(purge_forever(), name="idempotency-purger")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -1,56 +1,40 @@
-"""`onecard`: the operator's command. serve, migrate, ledger verify, keys init, config, ...
+"""`onecard`: the operator's command. serve, work, migrate, ledger verify, keys init, config.
 
 Every subcommand reads the same `Config`; a bad setting stops it with a message naming the
 variable (exit 2). With DATABASE_URL / REDIS_URL unset, commands start the embedded servers
-under ONECARD_DATA_DIR for as long as they run. A later area adds its subcommands by writing a
-`register(subparsers)` function and listing it in `_AREAS`.
+under ONECARD_DATA_DIR for as long as they run. Areas add their subcommands through
+`gateway/areas.py` (each area's `commands`), built on the helpers of `gateway.command`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import fields
-from typing import Any, TypeVar
 
 import asyncpg
+from aiohttp import web
 
 from gateway import db
-from gateway.auth import commands as auth_commands
+from gateway.app import create_app
+from gateway.areas import AREAS, ledger_checks
+from gateway.auth.commands import cmd_keys_rotate_token_signing
+from gateway.command import SubParsers, run_async, services
 from gateway.config import HELP, Config, ConfigError, env_name
-from gateway.embedded import server_urls
 from gateway.keystore import create_kek_file, load_kek
+from gateway.ledger.verify import verify_ledger
 from gateway.logs import setup_logging
-from gateway.qr_codes import commands as qr_commands
+from gateway.metrics import shared_directory
 
 log = logging.getLogger("onecard")
 
 WORKER_STOP_TIMEOUT_S = 15
-Command = Callable[[argparse.Namespace, Config], int]
-T = TypeVar("T")
-
-
-@contextlib.contextmanager
-def services(config: Config) -> Iterator[Config]:
-    """The config with both URLs set, starting embedded servers for the missing ones."""
-    with server_urls(config.data_dir, config.database_url, config.redis_url) as (database, cache):
-        yield config.replace(database_url=database, redis_url=cache)
-
-
-def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        return uvloop.run(coroutine)
-    return asyncio.run(coroutine)
 
 
 # --------------------------------------------------------------------------- serve
@@ -62,35 +46,46 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         if workers == 1:
-            run_async(_serve(ready, reuse_port=False))
+            run_async(_serve(ready, reuse_port=False, jobs=not args.no_jobs))
             return 0
-        return _supervise(ready, workers)
+        with shared_directory(ready.data_dir) as metrics_dir:
+            return _supervise(
+                ready.replace(metrics_dir=str(metrics_dir)), workers, jobs=not args.no_jobs
+            )
 
 
-async def _serve(config: Config, reuse_port: bool) -> None:
-    from aiohttp import web
-
-    from gateway.app import create_app
-
-    app = create_app(config)
+async def _serve(config: Config, reuse_port: bool, jobs: bool) -> None:
+    app = create_app(config, jobs=jobs)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
-    log.info("listening", extra={"url": f"http://{config.host}:{config.port}", "pid": os.getpid()})
+    log.info("listening", extra={"url": f"http://{config.host}:{config.port}", "pid": os.getpid(),
+                                 "jobs": jobs})  # fmt: skip
+    await _until_stopped()
+    log.info("stopping", extra={"pid": os.getpid()})
+    await runner.cleanup()
+
+
+async def _until_stopped() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("stopping", extra={"pid": os.getpid()})
-    await runner.cleanup()
 
 
-def _supervise(config: Config, workers: int) -> int:
+def _supervise(config: Config, workers: int, jobs: bool) -> int:
     """N worker processes sharing the port (SO_REUSEPORT); stop them all on SIGINT/SIGTERM."""
-    env = dict(os.environ, DATABASE_URL=config.database_url, REDIS_URL=config.redis_url)
+    env = dict(
+        os.environ,
+        DATABASE_URL=config.database_url,
+        REDIS_URL=config.redis_url,
+        ONECARD_METRICS_DIR=config.metrics_dir,
+    )
     command = [sys.executable, "-m", "gateway.cli", "serve-worker"]
+    if not jobs:
+        command.append("--no-jobs")
     children = [subprocess.Popen(command, env=env) for _ in range(workers)]  # noqa: S603
     stopping = False
 
@@ -119,8 +114,27 @@ def _supervise(config: Config, workers: int) -> int:
 
 
 def cmd_serve_worker(args: argparse.Namespace, config: Config) -> int:
-    run_async(_serve(config, reuse_port=True))
+    run_async(_serve(config, reuse_port=True, jobs=not args.no_jobs))
     return 0
+
+
+# --------------------------------------------------------------------------- work
+def cmd_work(args: argparse.Namespace, config: Config) -> int:
+    """Every area's background jobs and nothing else: no HTTP, no port."""
+    load_kek(config)
+    with services(config) as ready:
+        run_async(db.migrate(ready.database_url))
+        run_async(_work(ready))
+    return 0
+
+
+async def _work(config: Config) -> None:
+    runner = web.AppRunner(create_app(config, http=False), handle_signals=False)
+    await runner.setup()  # runs every cleanup context: pools, services, jobs
+    log.info("working", extra={"pid": os.getpid()})
+    await _until_stopped()
+    log.info("stopping", extra={"pid": os.getpid()})
+    await runner.cleanup()
 
 
 # --------------------------------------------------------------------------- migrate
@@ -133,12 +147,10 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 # --------------------------------------------------------------------------- ledger
 def cmd_ledger_verify(args: argparse.Namespace, config: Config) -> int:
-    from gateway.ledger.verify import verify_ledger
-
     async def verify(dsn: str) -> list[str]:
         conn = await asyncpg.connect(dsn)
         try:
-            return await verify_ledger(conn)
+            return await verify_ledger(conn, ledger_checks())
         finally:
             await conn.close()
 
@@ -186,12 +198,17 @@ def _without_password(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="run the gateway")
+def _register_platform(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run the gateway (HTTP and background jobs)")
     serve.add_argument("--workers", type=int, default=0, help="processes sharing the port")
+    serve.add_argument("--no-jobs", action="store_true",
+                       help="HTTP only; run the background jobs with `onecard work`")  # fmt: skip
     serve.set_defaults(command=cmd_serve)
-    sub.add_parser("serve-worker", help="(internal) one worker of serve --workers").set_defaults(
-        command=cmd_serve_worker
+    worker = sub.add_parser("serve-worker", help="(internal) one worker of serve --workers")
+    worker.add_argument("--no-jobs", action="store_true")
+    worker.set_defaults(command=cmd_serve_worker)
+    sub.add_parser("work", help="run only the background jobs (no HTTP)").set_defaults(
+        command=cmd_work
     )
     sub.add_parser("migrate", help="apply database migrations").set_defaults(command=cmd_migrate)
     ledger = sub.add_parser("ledger", help="ledger tools").add_subparsers(required=True)
@@ -202,26 +219,19 @@ def _register_platform(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     keys.add_parser("init", help="create the key-encryption key file").set_defaults(
         command=cmd_keys_init
     )
-    from gateway.auth.commands import cmd_keys_rotate_token_signing
-
     keys.add_parser(
         "rotate-token-signing", help="a new JWT signing key; old ones verify until tokens expire"
     ).set_defaults(command=cmd_keys_rotate_token_signing)
     sub.add_parser("config", help="print every setting").set_defaults(command=cmd_config)
 
 
-_AREAS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _register_platform,
-    auth_commands.register,
-    qr_commands.register,
-]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onecard", description="OneCard Gateway")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for register in _AREAS:
-        register(sub)
+    _register_platform(sub)
+    for area in AREAS:
+        if area.commands is not None:
+            area.commands(sub)
     return parser
 
 

@@ -29,6 +29,8 @@ class Config:
     port: int = 8080
     workers: int = 1
     data_dir: Path = Path(".onecard")
+    # Empty: metrics in memory, per process. `serve --workers N` sets it for its workers.
+    metrics_dir: str = ""
     log_level: str = "INFO"
     access_log: bool = True
     body_bytes_max: int = 64 * 1024
@@ -150,6 +152,7 @@ HELP: dict[str, str] = {
     "port": "port the gateway listens on",
     "workers": "worker processes sharing the port (`onecard serve --workers N` overrides)",
     "data_dir": "where embedded PostgreSQL, Redis and the key file live",
+    "metrics_dir": "directory where worker processes sum their /metrics counts; empty: in memory",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "access_log": "one JSON line per request",
     "body_bytes_max": "largest request body accepted (bigger: 413)",

@@ -1,26 +1,32 @@
-"""Typed keys of the application's shared state (`app[POOL]`, ...), in one place.
+"""Typed keys of the platform's shared state (`app[POOL]`, ...), and the seams areas fill.
 
-Only `gateway.app` sets them; everything else reads them.
+Only `gateway.app` and the areas' setups set them; everything else reads them. An area's own
+service object has its own key, defined in the area.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
+from gateway.auth.principal import Principal
 from gateway.config import Config
 from gateway.keystore import Keystore
 from gateway.metrics import Registry
 
-if TYPE_CHECKING:
-    from gateway.api.routing import Endpoint
-    from gateway.auth.principal import Principal
-    from gateway.auth.ratelimit import LoginGuard
-    from gateway.auth.tokens import TokenKeys
-    from gateway.qr_codes.issuer_keys import IssuerKeys
+
+class Authenticator(Protocol):
+    """One way of proving who calls: a bearer token, a request signature, a channel's own."""
+
+    def recognises(self, request: web.Request) -> bool:
+        """Whether the request carries this kind of credential (cheap: headers, route)."""
+
+    async def authenticate(self, request: web.Request, body: bytes) -> Principal:
+        """The principal, or 401 for credentials that do not hold."""
 
 
 class RateLimiter(Protocol):
@@ -36,10 +42,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", redis.Redis)
 KEYSTORE = web.AppKey("keystore", Keystore)
 METRICS = web.AppKey("metrics", Registry)
-ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
-# Authenticators (gateway.auth) and the rate limiter; typed loosely to keep this module light.
-AUTHENTICATORS = web.AppKey("authenticators", list[Any])
+AUTHENTICATORS = web.AppKey("authenticators", list[Authenticator])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
-TOKEN_KEYS: web.AppKey[TokenKeys] = web.AppKey("token_keys")
-LOGIN_GUARD: web.AppKey[LoginGuard] = web.AppKey("login_guard")
-QR_ISSUER_KEYS: web.AppKey[IssuerKeys] = web.AppKey("qr_issuer_keys")
+# path -> the methods `Allow` lists on a 405 (built from the route tables).
+ALLOWED_METHODS = web.AppKey("allowed_methods", Callable[[str], list[str]])

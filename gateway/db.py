@@ -21,7 +21,7 @@ from gateway.config import Config
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any constant works; this one spells "onecard" in ASCII, so it is recognisable in pg_locks.
 MIGRATION_LOCK_ID = 0x6F6E6563617264
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -56,6 +56,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     (pg_advisory_xact_lock). Code that needs session state uses a connection of its own (the
     migration runner does).
     """
+
+
+def assert_in_transaction(conn: asyncpg.Connection) -> None:
+    """The convention of every domain function that writes: it takes a connection inside the
+    caller's transaction, so that the write commits (or not) with everything else it belongs
+    to. Only reads may take the pool."""
+    assert conn.is_in_transaction(), "a domain write runs inside the caller's transaction"
 
 
 async def create_pool(config: Config, dsn: str | None = None) -> asyncpg.Pool:

@@ -28,8 +28,10 @@ import msgspec
 from aiohttp import web
 
 from gateway import errors
-from gateway.api.routing import JSON, Call
-from gateway.context import CONFIG, POOL
+from gateway.config import Config
+from gateway.context import POOL
+from gateway.responses import JSON, error_body
+from gateway.workers import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_CHARS_MAX = 255
 CLAIM_ATTEMPTS_MAX = 3
 PURGE_BATCH_MAX = 5_000
+PURGE_INTERVAL_S = 600
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ _RELEASE = "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND l
 
 _PURGE = """
 DELETE FROM idempotency_keys WHERE ctid IN (
-    SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT $1)
+    SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT $1 FOR UPDATE SKIP LOCKED)
 """
 
 
@@ -107,22 +110,22 @@ def read_key(request: web.Request) -> str:
     return key
 
 
-async def run(
-    call: Call,
+async def run_in_transaction(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    config: Config,
+    principal: str,
     raw_body: bytes,
-    respond: Callable[[Call], Awaitable[web.StreamResponse]],
+    respond: Callable[[asyncpg.Connection], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
-    assert call.principal is not None
-    key = read_key(call.request)
-    principal = call.principal.key
-    pool = call.app[POOL]
-    lease = await _claim(call.app, principal, key, request_hash(call.request, raw_body))
+    """The one-transaction mode: `respond(conn)` and the stored answer commit together."""
+    key = read_key(request)
+    lease = await _claim(pool, config, principal, key, request_hash(request, raw_body))
     if isinstance(lease, Stored):
         return _replay(lease)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            call.conn = conn
-            response = await respond(call)
+            response = await respond(conn)
             body = _body_of(response)
             if await conn.execute(_FINISH, principal, key, lease, response.status, body) != (
                 "UPDATE 1"
@@ -130,29 +133,22 @@ async def run(
                 # Our lease ran out and a retry took the key over: undo everything we did.
                 raise errors.IDEMPOTENCY_KEY_IN_FLIGHT.error()
     except errors.ApiError as exc:
-        call.conn = None
         if exc.status >= 500 or exc.code == errors.IDEMPOTENCY_KEY_IN_FLIGHT.code:
             await _release(pool, principal, key, lease)
             raise
         # A refusal is an answer too: store it (its effects were rolled back) and give it.
-        from gateway.middleware import error_body  # here: middleware imports the routes
-
-        body = error_body(exc, call.request)
+        body = error_body(request, exc.code, exc.message, exc.details)
         await pool.execute(_FINISH, principal, key, lease, exc.status, body)
         raise
     except BaseException:
-        call.conn = None
         await _release(pool, principal, key, lease)
         raise
-    call.conn = None
     return response
 
 
 async def _claim(
-    app: web.Application, principal: str, key: str, digest: bytes
+    pool: asyncpg.Pool, config: Config, principal: str, key: str, digest: bytes
 ) -> uuid.UUID | Stored:
-    config = app[CONFIG]
-    pool = app[POOL]
     for _ in range(CLAIM_ATTEMPTS_MAX):
         lease = uuid.uuid4()
         claimed = await pool.fetchval(
@@ -198,7 +194,10 @@ async def _release(pool: asyncpg.Pool, principal: str, key: str, lease: uuid.UUI
 
 
 async def purge_expired(pool: asyncpg.Pool) -> int:
-    """Delete expired keys in batches of PURGE_BATCH_MAX until none is left; the number."""
+    """Delete expired keys in batches of PURGE_BATCH_MAX until none is left; the number.
+
+    Workers purging at once skip each other's rows (SKIP LOCKED) instead of waiting on them.
+    """
     purged = 0
     while True:
         status = await pool.execute(_PURGE, PURGE_BATCH_MAX)
@@ -206,3 +205,10 @@ async def purge_expired(pool: asyncpg.Pool) -> int:
         purged += deleted
         if deleted < PURGE_BATCH_MAX:
             return purged
+
+
+async def _purge_job(app: web.Application) -> None:
+    await purge_expired(app[POOL])
+
+
+PURGE_JOB = Periodic("idempotency-purge", PURGE_INTERVAL_S, _purge_job)

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway import errors
-from gateway.api.routing import encode
+from gateway.context import ALLOWED_METHODS
 from gateway.metrics import Counter, Histogram, Registry
+from gateway.responses import JSON, REQUEST_ID, REQUEST_ID_HEADER, error_body
 
 log = logging.getLogger("onecard.http")
 access_log = logging.getLogger("onecard.access")
 
-REQUEST_ID = web.RequestKey("request_id", str)
-REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 _HTTP_ERRORS: dict[int, errors.ErrorCode] = {
@@ -56,30 +55,16 @@ class HttpMetrics:
 HTTP_METRICS = web.AppKey("http_metrics", HttpMetrics)
 
 
-def error_body(exc: errors.ApiError, request: web.Request) -> bytes:
-    return encode(
-        {
-            "error": {
-                "code": exc.code,
-                "message": exc.message,
-                "details": exc.details,
-                "request_id": request.get(REQUEST_ID, ""),
-            }
-        }
-    )
-
-
 def error_response(exc: errors.ApiError, request: web.Request) -> web.Response:
-    response = web.Response(
-        body=error_body(exc, request),
+    return web.Response(
+        body=error_body(request, exc.code, exc.message, exc.details),
         status=exc.status,
-        content_type="application/json",
+        content_type=JSON,
         headers=exc.headers,
     )
-    return response
 
 
-def _from_http_exception(exc: web.HTTPException) -> errors.ApiError:
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> errors.ApiError:
     known = _HTTP_ERRORS.get(exc.status)
     if known is not None:
         api_error = known.error()
@@ -87,8 +72,9 @@ def _from_http_exception(exc: web.HTTPException) -> errors.ApiError:
         api_error = errors.ApiError(errors.BAD_REQUEST.code, exc.status, errors.BAD_REQUEST.message)
     else:
         api_error = errors.INTERNAL_ERROR.error()
-    if exc.status == 405 and "Allow" in exc.headers:
-        api_error.headers["Allow"] = exc.headers["Allow"]
+    if exc.status == 405:
+        # aiohttp lists the methods of every route the path matches; the path names one.
+        api_error.headers["Allow"] = ", ".join(request.app[ALLOWED_METHODS](request.path))
     return api_error
 
 
@@ -105,7 +91,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = error_response(_from_http_exception(exc), request)
+        response = error_response(_from_http_exception(exc, request), request)
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -12,11 +12,13 @@ import msgspec
 from aiohttp import web
 
 from gateway import errors
-from gateway.api.routing import JSON, Call, RouteTable, encode
+from gateway.api.etags import cached_json
+from gateway.api.routing import Call, RouteTable
 from gateway.auth.principal import PrincipalKind
-from gateway.context import CONFIG, METRICS, POOL, QR_ISSUER_KEYS, REDIS
-from gateway.qr_codes import certificates, challenges, codes, deny_list, rides
-from gateway.qr_codes.issuer_keys import etag_of
+from gateway.context import CONFIG, METRICS, POOL, REDIS
+from gateway.qr_codes import challenges, deny_list, rides
+from gateway.qr_codes.service import QR_CODES
+from gateway.responses import JSON, encode
 from qr.format import TEXT_CHARS_MAX
 from qr.signing import sign_raw
 
@@ -139,11 +141,7 @@ class DenyListDelta(msgspec.Struct):
 @routes.post("/v1/qr/challenges", response=ChallengeOut, status=201, principals=RIDER)
 async def new_challenge(call: Call) -> ChallengeOut:
     """A challenge for the phone to sign with its device key (valid 2 minutes, once)."""
-    assert call.principal is not None
-    app = call.app
-    challenge = await challenges.new_challenge(
-        app[REDIS], app[CONFIG].redis_prefix, int(call.principal.id)
-    )
+    challenge = await call.app[QR_CODES].challenge(int(call.caller.id))
     return ChallengeOut(challenge.hex(), challenges.CHALLENGE_TTL_S)
 
 
@@ -157,11 +155,9 @@ async def new_certificate(call: Call) -> CertificateOut:
 
     Certifying another device revokes the rider's previous one (it joins the deny list).
     """
-    assert call.principal is not None
-    app, body = call.app, call.body
-    issued = await certificates.certify(
-        app[POOL], app[REDIS], app[CONFIG], app[QR_ISSUER_KEYS], int(call.principal.id),
-        bytes.fromhex(body.device_public_key), bytes.fromhex(body.challenge),
+    body: CertificateRequest = call.body
+    issued = await call.app[QR_CODES].certify(
+        int(call.caller.id), bytes.fromhex(body.device_public_key), bytes.fromhex(body.challenge),
         bytes.fromhex(body.signature), int(time.time()),
     )  # fmt: skip
     cert = issued.certificate
@@ -176,13 +172,7 @@ async def new_certificate(call: Call) -> CertificateOut:
              errors=("insufficient_balance",))  # fmt: skip
 async def new_code(call: Call) -> CodeOut:
     """An online ride code, valid 30 seconds; its image at `png_url` / `svg_url`."""
-    assert call.principal is not None
-    app = call.app
-    config = app[CONFIG]
-    issued = await codes.issue(
-        app[POOL], app[REDIS], config.redis_prefix, app[QR_ISSUER_KEYS], int(call.principal.id),
-        config.qr_code_ttl_s, int(time.time()),
-    )  # fmt: skip
+    issued = await call.app[QR_CODES].online_code(int(call.caller.id), int(time.time()))
     code = issued.code
     base = f"/v1/qr/codes/{issued.id}"
     return CodeOut(
@@ -192,12 +182,7 @@ async def new_code(call: Call) -> CodeOut:
 
 
 async def _image(call: Call, image_format: str, content_type: str) -> web.Response:
-    assert call.principal is not None
-    app = call.app
-    image = await codes.image(
-        app[REDIS], app[CONFIG].redis_prefix, int(call.principal.id),
-        call.request.match_info["code_id"], image_format,
-    )  # fmt: skip
+    image = await call.app[QR_CODES].image(int(call.caller.id), call.path("code_id"), image_format)
     return web.Response(
         body=image, content_type=content_type, headers={"Cache-Control": "no-store"}
     )
@@ -219,22 +204,13 @@ async def code_svg(call: Call) -> web.Response:
 async def issuer_keys(call: Call) -> web.Response:
     """Every issuer public key a gate needs now. Send `If-None-Match` with the last ETag: 304
     when nothing changed."""
-    keys = await call.app[QR_ISSUER_KEYS].published(int(time.time()))
+    keys = await call.app[QR_CODES].published_keys(int(time.time()))
     body = encode(
         IssuerKeyList(
             [IssuerKeyOut(k.key_id, k.public_bytes.hex(), k.valid_from, k.not_after) for k in keys]
         )
     )
-    etag = etag_of(body)
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if _matches(call.request.headers.get("If-None-Match", ""), etag):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, content_type=JSON, headers=headers)
-
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return etag in tags or "*" in tags
+    return cached_json(call.request, body)
 
 
 # A full batch of offline codes is about 340 bytes a ride in JSON: 1,000 rides fit in 512 KiB.
@@ -260,7 +236,7 @@ async def upload_rides(call: Call) -> RideResults:
     app = call.app
     config = app[CONFIG]
     uploader = rides.Uploader(
-        app[POOL], app[REDIS], config.redis_prefix, app[QR_ISSUER_KEYS],
+        app[POOL], app[REDIS], config.redis_prefix, app[QR_CODES].keys,
         config.qr_ride_age_max_s, config.qr_ride_ceiling_fen_max,
     )  # fmt: skip
     results = await uploader.upload(
@@ -300,7 +276,7 @@ async def deny_list_delta(call: Call) -> web.Response:
         ) for e in entries],
     )  # fmt: skip
     body = encode(delta)
-    key = await app[QR_ISSUER_KEYS].current()
+    key = await app[QR_CODES].keys.current()
     headers = {
         SIGNATURE_KEY_HEADER: str(key.key_id),
         SIGNATURE_HEADER: sign_raw(key.private, body).hex(),

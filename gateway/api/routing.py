@@ -4,12 +4,19 @@ An area writes `routes = RouteTable("tag")` and decorates thin handlers:
 
     @routes.post("/v1/things", body=NewThing, response=Thing, status=201,
                  principals={PrincipalKind.RIDER}, idempotent=True)
-    async def create_thing(call: Call) -> Thing: ...
+    async def create_thing(call: Call) -> Thing:
+        return await call.app[THINGS].create(call.conn, call.body)
+
+Every route says who may call it: `principals={...}`, or `public=True` for routes anyone may
+call (health, sign-up, log-in; public routes that write are limited per client address). A
+route that takes a body in a channel's own format (a payment notification, form-encoded or
+JSON, verified over its exact bytes) says `raw_body=True` and lists the media types it
+`accepts`; its handler reads `call.raw`. Every GET route answers HEAD too.
 
 The wrapper reads the body (bounded), authenticates, checks the caller's kind, applies the rate
-limit, decodes and validates body and query with the same msgspec types `/openapi.json` is built
-from, runs the Idempotency-Key protocol on money routes (handing the handler the connection of
-the transaction that also stores the answer), and encodes the result. Handlers hold no SQL.
+limit, decodes and validates path, query and body with the same msgspec types `/openapi.json`
+is built from, runs the Idempotency-Key protocol on money routes (handing the handler the
+connection of the transaction that also stores the answer), and encodes the result.
 """
 
 from __future__ import annotations
@@ -23,15 +30,18 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from gateway import errors
+from gateway import errors, idempotency
 from gateway.auth.principal import Principal, PrincipalKind
-from gateway.context import AUTHENTICATORS, CONFIG, RATE_LIMITER
+from gateway.context import AUTHENTICATORS, CONFIG, POOL, RATE_LIMITER
+from gateway.responses import JSON, json_response
 
 Handler = Callable[["Call"], Awaitable[Any]]
-JSON = "application/json"
-_encoder = msgspec.json.Encoder()
 _AT_PATH = re.compile(r"- at `\$(?P<path>[^`]*)`")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<field>[^`]*)`")
+# A JSON string escape of NUL that is not itself an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_TEMPLATE_PARAM = re.compile(r"\{[^}]+\}")
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Call:
     principal: Principal | None
     body: Any = None
     query: Any = None
+    raw: bytes = b""
     # Money routes only: the connection of the transaction that will also store the answer
     # under the Idempotency-Key. Domain functions write through it; it commits after the
     # handler returns.
@@ -51,12 +62,27 @@ class Call:
     def app(self) -> web.Application:
         return self.request.app
 
+    @property
+    def caller(self) -> Principal:
+        """The authenticated caller (routes that name principals always have one)."""
+        assert self.principal is not None, "a public route has no caller"
+        return self.principal
+
+    @property
+    def tx(self) -> asyncpg.Connection:
+        """The money route's transaction (see `conn`)."""
+        assert self.conn is not None, "only idempotent routes run in a transaction"
+        return self.conn
+
     def path_int(self, name: str) -> int:
         """A path parameter that must be a positive integer id; else 404 (nothing to find)."""
         raw = self.request.match_info[name]
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise errors.NOT_FOUND.error()
         return int(raw)
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
 
 
 @dataclass(frozen=True)
@@ -71,12 +97,23 @@ class Endpoint:
     response: Any = None
     status: int = 200
     principals: frozenset[PrincipalKind] = frozenset()
+    public: bool = False
     idempotent: bool = False
     content_type: str = JSON
+    raw_body: bool = False
+    accepts: tuple[str, ...] = (JSON,)
     errors: tuple[str, ...] = ()
     # A route whose bodies are legitimately larger than ONECARD_BODY_BYTES_MAX (a gate's batch
     # upload) names its own bound; every other route keeps the configured one.
     body_bytes_max: int | None = None
+
+    def __post_init__(self) -> None:
+        # Our own declarations, checked when the module is imported.
+        assert self.public != bool(self.principals), (
+            f"{self.method} {self.path}: name its principals or declare it public"
+        )
+        assert not self.idempotent or self.principals, "a money route names who may call it"
+        assert not (self.raw_body and self.body is not None), "a raw body has no schema"
 
 
 @dataclass
@@ -87,9 +124,9 @@ class RouteTable:
     def route(self, method: str, path: str, **options: Any) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             principals = frozenset(options.pop("principals", ()))
-            idempotent = options.get("idempotent", False)
-            assert not idempotent or principals, "a money route names who may call it"
             summary = options.pop("summary", None) or (handler.__doc__ or "").strip()
+            if "accepts" in options:
+                options["accepts"] = tuple(options["accepts"])
             self.endpoints.append(
                 Endpoint(method, path, handler, summary.split("\n")[0], self.tag,
                          principals=principals, **options)
@@ -109,21 +146,16 @@ class RouteTable:
 
     def install(self, app: web.Application) -> None:
         for endpoint in self.endpoints:
-            app.router.add_route(endpoint.method, endpoint.path, _wrap(endpoint))
+            if endpoint.method == "GET":
+                app.router.add_get(endpoint.path, _wrap(endpoint), allow_head=True)
+            else:
+                app.router.add_route(endpoint.method, endpoint.path, _wrap(endpoint))
 
 
 def client_max_size(config_bytes_max: int, tables: Iterable[RouteTable]) -> int:
     """What aiohttp may read at most: the largest bound any route allows."""
     bounds = [e.body_bytes_max or 0 for table in tables for e in table.endpoints]
     return max([config_bytes_max, *bounds])
-
-
-def encode(value: Any) -> bytes:
-    return _encoder.encode(value)
-
-
-def json_response(value: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encoder.encode(value), status=status, content_type=JSON)
 
 
 async def read_body(request: web.Request, limit: int | None = None) -> bytes:
@@ -147,21 +179,33 @@ def decode_body(raw: bytes, schema: type, request: web.Request) -> Any:
     elif request.content_type not in (JSON, "application/octet-stream", ""):
         raise errors.UNSUPPORTED_MEDIA_TYPE.error()
     try:
-        return msgspec.json.decode(raw, type=schema)
+        value = msgspec.json.decode(raw, type=schema)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     except msgspec.DecodeError:
         raise errors.MALFORMED_JSON.error() from None
+    if b"u0000" in raw and _JSON_NUL.search(raw):
+        raise _nul_refused("body")
+    return value
 
 
 def decode_query(request: web.Request, schema: type) -> Any:
     query = request.query
     if len(query) != len(set(query.keys())):
         raise errors.VALIDATION_FAILED.error("A query parameter is repeated.")
+    if any("\x00" in k or "\x00" in v for k, v in query.items()):
+        raise _nul_refused("query")
     try:
         return msgspec.convert(dict(query), type=schema, strict=False)
     except msgspec.ValidationError as exc:
         raise validation_error(exc, where="query") from None
+
+
+def _nul_refused(where: str) -> errors.ApiError:
+    """Text never holds NUL (PostgreSQL cannot store it): refused here, once, for every route."""
+    return errors.VALIDATION_FAILED.error(
+        "Text must not contain the NUL character.", where=where, reason="nul_character"
+    )
 
 
 def validation_error(exc: msgspec.ValidationError, where: str = "body") -> errors.ApiError:
@@ -180,10 +224,10 @@ def validation_error(exc: msgspec.ValidationError, where: str = "body") -> error
 
 
 async def authenticate(
-    request: web.Request, raw_body: bytes, allowed: frozenset[PrincipalKind], method: str
+    request: web.Request, raw_body: bytes, allowed: frozenset[PrincipalKind]
 ) -> Principal:
     """Who is calling; 401 with no or bad credentials, 403 for the wrong kind of caller."""
-    for authenticator in request.app.get(AUTHENTICATORS, ()):
+    for authenticator in request.app[AUTHENTICATORS]:
         if authenticator.recognises(request):
             principal: Principal = await authenticator.authenticate(request, raw_body)
             break
@@ -191,7 +235,8 @@ async def authenticate(
         raise errors.UNAUTHENTICATED.error(headers={"WWW-Authenticate": "Bearer"})
     if principal.kind not in allowed:
         raise errors.FORBIDDEN.error()
-    if principal.kind is PrincipalKind.ADMIN and principal.role != "admin" and method != "GET":
+    if (principal.kind is PrincipalKind.ADMIN and principal.role != "admin"
+            and request.method not in READ_METHODS):  # fmt: skip
         raise errors.FORBIDDEN.error("Auditors only read.")
     limiter = request.app.get(RATE_LIMITER)
     if limiter is not None:
@@ -200,33 +245,51 @@ async def authenticate(
 
 
 def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    from gateway import idempotency  # imported here: idempotency uses this module's encoders
-
     async def handle(request: web.Request) -> web.StreamResponse:
         raw = await read_body(request, endpoint.body_bytes_max) if request.can_read_body else b""
+        if any("\x00" in value for value in request.match_info.values()):
+            raise _nul_refused("path")
         principal = None
         if endpoint.principals:
-            principal = await authenticate(request, raw, endpoint.principals, endpoint.method)
-        elif endpoint.method != "GET":
-            # Anyone may call these (sign-up, login): each costs a password hash, so they are
-            # limited per client address.
+            principal = await authenticate(request, raw, endpoint.principals)
+        elif request.method not in READ_METHODS:
+            # Public writes (sign-up, log-in) cost a password hash each: limited per address.
             limiter = request.app.get(RATE_LIMITER)
             if limiter is not None:
                 await limiter.check_address(request.remote or "")
-        call = Call(request, principal)
+        call = Call(request, principal, raw=raw)
         if endpoint.query is not None:
             call.query = decode_query(request, endpoint.query)
         # Bad input is refused before an Idempotency-Key is claimed: nothing ran, nothing is kept.
-        if endpoint.body is not None:
+        if endpoint.raw_body:
+            if raw and request.content_type not in endpoint.accepts:
+                raise errors.UNSUPPORTED_MEDIA_TYPE.error(accepts=list(endpoint.accepts))
+        elif endpoint.body is not None:
             call.body = decode_body(raw, endpoint.body, request)
         elif raw.strip():
             raise errors.VALIDATION_FAILED.error("This route takes no body.", where="body")
         if endpoint.idempotent:
-            return await idempotency.run(call, raw, lambda c: _respond(endpoint, c))
+            return await _respond_once(endpoint, call)
         return await _respond(endpoint, call)
 
     handle.__name__ = endpoint.handler.__name__
     return handle
+
+
+async def _respond_once(endpoint: Endpoint, call: Call) -> web.StreamResponse:
+    """A money route: its effects and its stored answer commit in one transaction."""
+
+    async def respond(conn: asyncpg.Connection) -> web.StreamResponse:
+        call.conn = conn
+        try:
+            return await _respond(endpoint, call)
+        finally:
+            call.conn = None
+
+    app = call.app
+    return await idempotency.run_in_transaction(
+        call.request, app[POOL], app[CONFIG], call.caller.key, call.raw, respond
+    )
 
 
 async def _respond(endpoint: Endpoint, call: Call) -> web.StreamResponse:
@@ -238,3 +301,28 @@ async def _respond(endpoint: Endpoint, call: Call) -> web.StreamResponse:
 
 def all_endpoints(tables: Iterable[RouteTable]) -> list[Endpoint]:
     return [endpoint for table in tables for endpoint in table.endpoints]
+
+
+def allowed_methods(endpoints: Iterable[Endpoint]) -> Callable[[str], list[str]]:
+    """What `Allow` says for a path: the methods of the route the path names.
+
+    A fixed route (`/v1/sessions/refresh`) is that route alone, even where a template
+    (`/v1/sessions/{session_id}`) would match it too, as aiohttp resolves it.
+    """
+    fixed: dict[str, set[str]] = {}
+    templates: list[tuple[re.Pattern[str], str]] = []
+    for e in endpoints:
+        if "{" in e.path:
+            pattern = re.compile("^" + _TEMPLATE_PARAM.sub("[^/]+", re.escape(e.path).replace(
+                r"\{", "{").replace(r"\}", "}")) + "$")  # fmt: skip
+            templates.append((pattern, e.method))
+        else:
+            fixed.setdefault(e.path, set()).add(e.method)
+
+    def methods(path: str) -> list[str]:
+        found = fixed.get(path) or {m for pattern, m in templates if pattern.match(path)}
+        if "GET" in found:
+            found = found | {"HEAD"}
+        return sorted(found)
+
+    return methods

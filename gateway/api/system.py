@@ -12,7 +12,8 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.api import openapi
-from gateway.api.routing import Call, Endpoint, RouteTable, json_response
+from gateway.api.routing import Call, Endpoint, RouteTable
+from gateway.responses import json_response
 from gateway.context import METRICS, POOL, REDIS
 
 routes = RouteTable("system")
@@ -37,13 +38,13 @@ class Readiness(msgspec.Struct):
     checks: dict[str, str]
 
 
-@routes.get("/healthz", response=Health)
+@routes.get("/healthz", public=True, response=Health)
 async def healthz(call: Call) -> Health:
     """The process is up and serving."""
     return Health("ok")
 
 
-@routes.get("/readyz", response=Readiness)
+@routes.get("/readyz", public=True, response=Readiness)
 async def readyz(call: Call) -> web.Response:
     """PostgreSQL and Redis answer; 503 naming the ones that do not."""
     app = call.app
@@ -67,7 +68,7 @@ async def _check(probe: Any) -> str:
     return "ok"
 
 
-@routes.get("/metrics", content_type="text/plain")
+@routes.get("/metrics", public=True, content_type="text/plain")
 async def metrics(call: Call) -> web.Response:
     """Prometheus metrics in the text format."""
     return web.Response(
@@ -76,19 +77,19 @@ async def metrics(call: Call) -> web.Response:
     )  # fmt: skip
 
 
-@routes.get("/openapi.json")
+@routes.get("/openapi.json", public=True)
 async def openapi_document(call: Call) -> web.Response:
     """This API described in OpenAPI 3.1."""
     return web.Response(body=call.app[OPENAPI_DOCUMENT], content_type="application/json")
 
 
-@routes.get("/docs", content_type="text/html")
+@routes.get("/docs", public=True, content_type="text/html")
 async def docs(call: Call) -> web.FileResponse:
     """A page that renders /openapi.json; its script is served from here, no network needed."""
     return web.FileResponse(STATIC_DIR / "docs.html")
 
 
-@routes.get("/docs/docs.js", content_type="text/javascript")
+@routes.get("/docs/docs.js", public=True, content_type="text/javascript")
 async def docs_script(call: Call) -> web.FileResponse:
     """The script of /docs."""
     return web.FileResponse(STATIC_DIR / "docs.js")

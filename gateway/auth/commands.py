@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 
-from gateway.auth import partners, terminals, tokens
+from gateway.auth import partners, service, terminals, tokens
+from gateway.command import SubParsers, Tools, run_with_tools
 from gateway.config import Config, ConfigError
-from gateway.keystore import KeyKind, Keystore, load_kek
+from gateway.keystore import KeyKind
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -44,24 +44,10 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _with_conn(config: Config, work: Callable[[asyncpg.Connection, Keystore], Awaitable[T]]) -> T:
-    from gateway.cli import run_async, services
-
-    keystore = Keystore(load_kek(config))
-
-    async def run(dsn: str) -> T:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await work(conn, keystore)
-        finally:
-            await conn.close()
-
-    with services(config) as ready:
-        return run_async(run(ready.database_url))
-
-
 def cmd_partners_create(args: argparse.Namespace, config: Config) -> int:
-    partner, secret = _with_conn(config, lambda c, k: partners.create(c, k, args.name))
+    partner, secret = run_with_tools(
+        config, lambda t: partners.create(t.conn, t.keystore, args.name)
+    )
     print(f"partner:  {partner.name}")
     print(f"key id:   {partner.key_id}")
     print(f"secret:   {secret}")
@@ -71,7 +57,7 @@ def cmd_partners_create(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_partners_rotate(args: argparse.Namespace, config: Config) -> int:
     try:
-        secret = _with_conn(config, lambda c, k: partners.rotate(c, k, args.key_id))
+        secret = run_with_tools(config, lambda t: partners.rotate(t.conn, t.keystore, args.key_id))
     except LookupError:
         print(f"no partner with key id {args.key_id}")
         return 1
@@ -82,7 +68,7 @@ def cmd_partners_rotate(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_partners_set_status(args: argparse.Namespace, config: Config) -> int:
     status = "disabled" if args.action == "disable" else "active"
-    changed = _with_conn(config, lambda c, k: partners.set_status(c, args.key_id, status))
+    changed = run_with_tools(config, lambda t: partners.set_status(t.conn, args.key_id, status))
     if not changed:
         print(f"no partner with key id {args.key_id}")
         return 1
@@ -93,8 +79,8 @@ def cmd_partners_set_status(args: argparse.Namespace, config: Config) -> int:
 def cmd_partners_set_limit(args: argparse.Namespace, config: Config) -> int:
     if (args.per_s is None) != (args.burst is None):
         raise ConfigError("give both --per-s and --burst, or --default")
-    changed = _with_conn(
-        config, lambda c, k: partners.set_limits(c, args.key_id, args.per_s, args.burst)
+    changed = run_with_tools(
+        config, lambda t: partners.set_limits(t.conn, args.key_id, args.per_s, args.burst)
     )
     if not changed:
         print(f"no partner with key id {args.key_id}")
@@ -105,24 +91,10 @@ def cmd_partners_set_limit(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_riders_set_status(args: argparse.Namespace, config: Config) -> int:
-    import redis.asyncio as redis
-
-    from gateway.auth import riders
-    from gateway.cli import run_async, services
-
     status = "disabled" if args.action == "disable" else "active"
-
-    async def run(database_url: str, redis_url: str) -> bool:
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
-        client = redis.Redis.from_url(redis_url)
-        try:
-            return await riders.set_status(pool, client, config, args.phone, status)
-        finally:
-            await client.aclose()
-            await pool.close()
-
-    with services(config) as ready:
-        changed = run_async(run(ready.database_url, ready.redis_url))
+    changed = run_with_tools(
+        config, lambda t: service.set_rider_status(t.pool, t.redis, t.config, args.phone, status)
+    )
     if not changed:
         print(f"no rider with phone {args.phone}")
         return 1
@@ -134,11 +106,11 @@ def cmd_riders_set_status(args: argparse.Namespace, config: Config) -> int:
 def cmd_terminals_register(args: argparse.Namespace, config: Config) -> int:
     public_key = bytes.fromhex(args.public_key) if args.public_key else None
 
-    async def work(conn: asyncpg.Connection, keystore: Keystore) -> Any:
-        return await terminals.register(conn, args.id, args.operator, public_key)
+    async def work(t: Tools) -> Any:
+        return await terminals.register(t.conn, args.id, args.operator, public_key)
 
     try:
-        terminal, private = _with_conn(config, work)
+        terminal, private = run_with_tools(config, work)
     except ValueError as exc:
         print(f"refused: {exc}")
         return 1
@@ -159,30 +131,28 @@ def cmd_admin_create_token(args: argparse.Namespace, config: Config) -> int:
             f"--ttl is longer than ONECARD_ADMIN_TOKEN_TTL_MAX_S ({config.admin_token_ttl_max_s} s)"
         )
 
-    async def work(conn: asyncpg.Connection, keystore: Keystore) -> str:
-        await tokens.ensure_signing_key(conn, keystore)
-        active = await keystore.versions(conn, KeyKind.TOKEN_SIGNING, tokens.KEY_NAME)
+    async def work(t: Tools) -> str:
+        await tokens.ensure_signing_key(t.conn, t.keystore)
+        active = await t.keystore.versions(t.conn, KeyKind.TOKEN_SIGNING, tokens.KEY_NAME)
         key = next(k for k in active if k.status == "active")
         return tokens.sign_with(
             key, config.jwt_issuer, tokens.ADMIN_AUDIENCE, args.name, args.ttl,
             int(time.time()), {"role": args.role},
         )  # fmt: skip
 
-    print(_with_conn(config, work))
+    print(run_with_tools(config, work))
     return 0
 
 
 def cmd_keys_rotate_token_signing(args: argparse.Namespace, config: Config) -> int:
     longest = max(config.access_token_ttl_s, config.admin_token_ttl_max_s)
-    kid = _with_conn(
-        config,
-        lambda c, k: tokens.rotate_signing_key(c, k, timedelta(seconds=longest + tokens.LEEWAY_S)),
-    )
+    grace = timedelta(seconds=longest + tokens.LEEWAY_S)
+    kid = run_with_tools(config, lambda t: tokens.rotate_signing_key(t.conn, t.keystore, grace))
     print(f"new token signing key {kid}; old keys verify for {longest} s more")
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     group = sub.add_parser("partners", help="partners and their keys").add_subparsers(required=True)
     create = group.add_parser("create", help="a new partner; prints key id and secret once")
     create.add_argument("name")

@@ -11,6 +11,7 @@ from gateway.ledger.postings import (
     LedgerError,
     Leg,
     Posting,
+    TxnKind,
     UnknownAccount,
     post,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "LedgerError",
     "Leg",
     "Posting",
+    "TxnKind",
     "UnknownAccount",
     "account_balance",
     "open_account",

@@ -9,9 +9,18 @@ aborted: the caller rolls back and nothing of the posting or its cause is writte
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import asyncpg
+
+
+class TxnKind(enum.StrEnum):
+    """What caused a txn. Each area adds its kinds here and in `ledger_txn_kinds` (its
+    migration); with the txn's `ref` naming the business row, an event posts once."""
+
+    ADJUSTMENT = "adjustment"  # an operator's correction of a wallet (ref adjustment:<id>)
+    QR_RIDE = "qr_ride"  # a QR ride's fare (ref qr:<replay key hex>)
 
 
 class LedgerError(Exception):
@@ -51,13 +60,17 @@ _POST = "SELECT txn_id, balances_fen FROM ledger_post($1, $2, $3, $4, $5)"
 
 async def post(
     conn: asyncpg.Connection,
-    kind: str,
+    kind: TxnKind,
     legs: list[Leg],
-    ref: str | None = None,
+    *,
+    ref: str,
     memo: str = "",
 ) -> Posting:
+    """Post one txn of `legs`; `ref` names the business event, which posts once per kind
+    (a second posting raises `DuplicatePosting`)."""
     # These are our own bugs, never client input: callers build legs from validated amounts.
     assert conn.is_in_transaction(), "post() belongs inside the caller's transaction"
+    assert isinstance(kind, TxnKind) and ref, "every txn has a known kind and names its event"
     assert len(legs) >= 2, "a txn has two or more legs"
     assert sum(leg.amount_fen for leg in legs) == 0, "a txn's legs sum to zero"
     assert all(leg.amount_fen != 0 for leg in legs)
@@ -65,7 +78,7 @@ async def post(
     accounts = [leg.account_id for leg in legs]
     try:
         row = await conn.fetchrow(
-            _POST, kind, ref, memo, accounts, [leg.amount_fen for leg in legs]
+            _POST, kind.value, ref, memo, accounts, [leg.amount_fen for leg in legs]
         )
     except asyncpg.PostgresError as exc:
         raise _ledger_error(exc) from None

@@ -8,33 +8,18 @@ from __future__ import annotations
 import argparse
 from datetime import timedelta
 
-import asyncpg
-
+from gateway.command import SubParsers, run_with_tools
 from gateway.config import Config
-from gateway.keystore import Keystore, load_kek
 from gateway.qr_codes import issuer_keys
-
-
-def _rotate(config: Config, verify_for: timedelta) -> int:
-    from gateway.cli import run_async, services
-
-    keystore = Keystore(load_kek(config))
-
-    async def run(dsn: str) -> int:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await issuer_keys.rotate_issuer_key(conn, keystore, verify_for)
-        finally:
-            await conn.close()
-
-    with services(config) as ready:
-        return run_async(run(ready.database_url))
 
 
 def cmd_qr_rotate_key(args: argparse.Namespace, config: Config) -> int:
     ttl_s = config.qr_certificate_ttl_s
     try:
-        key_id = _rotate(config, timedelta(seconds=ttl_s))
+        key_id = run_with_tools(
+            config,
+            lambda t: issuer_keys.rotate_issuer_key(t.conn, t.keystore, timedelta(seconds=ttl_s)),
+        )
     except issuer_keys.KeyIdsExhausted as exc:
         print(f"refused: {exc}")
         return 1
@@ -43,7 +28,7 @@ def cmd_qr_rotate_key(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     group = sub.add_parser("qr", help="QR ride codes").add_subparsers(required=True)
     group.add_parser(
         "rotate-key", help="a new issuer key; old ones verify until their certificates expire"

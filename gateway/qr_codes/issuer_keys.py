@@ -13,7 +13,6 @@ This module never hands out a private key except to the signing code in this pac
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -175,7 +174,3 @@ class IssuerKeys:
         """What gates should hold now (fresh from PostgreSQL): keys that still verify."""
         keys = await self.load()
         return sorted((k for k in keys if k.verifies_at(now)), key=lambda k: k.key_id)
-
-
-def etag_of(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

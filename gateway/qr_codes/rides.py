@@ -35,7 +35,7 @@ import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from gateway.ledger import AccountKind, FloorBreach, Leg, open_account, post
+from gateway.ledger import AccountKind, FloorBreach, Leg, TxnKind, open_account, post
 from gateway.ledger.accounts import find_account
 from gateway.qr_codes import deny_list
 from gateway.qr_codes.issuer_keys import IssuerKeys
@@ -49,7 +49,6 @@ RIDES_PER_BATCH_MAX: Final = 1000
 TAP_FUTURE_S_MAX: Final = 300
 # Redis remembers a ride this long; PostgreSQL's unique replay key remembers it for ever.
 REPLAY_CACHE_TTL_S: Final = 3600
-LEDGER_KIND: Final = "qr_ride"
 
 
 class Status(enum.StrEnum):
@@ -229,7 +228,7 @@ async def _debit(
     try:
         async with conn.transaction():  # a savepoint: a refused posting leaves the ride row
             posting = await post(
-                conn, LEDGER_KIND, legs, ref=f"qr:{replay_key.hex()}",
+                conn, TxnKind.QR_RIDE, legs, ref=f"qr:{replay_key.hex()}",
                 memo=f"QR ride, gate {gate.terminal_id} ({gate.operator})",
             )  # fmt: skip
     except FloorBreach:

@@ -26,6 +26,7 @@ from gateway import db, embedded
 from gateway.api.routing import RouteTable
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.areas import ledger_checks
 from gateway.ledger.verify import verify_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,5 +133,5 @@ async def ledger_verifies(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Every test leaves a ledger that `onecard ledger verify` accepts."""
     yield
     async with pool.acquire() as conn:
-        problems = await verify_ledger(conn)
+        problems = await verify_ledger(conn, ledger_checks())
     assert problems == [], problems

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.auth import tokens
 from gateway.config import Config
-from gateway.context import TOKEN_KEYS
+from gateway.auth.service import IDENTITY
 from gateway.keystore import Keystore, load_kek
 from tests.gateway import identity_helpers as make
 
@@ -190,7 +190,7 @@ async def test_forged_and_broken_tokens_are_401(client: ClientT) -> None:
     header = jwt.get_unverified_header(rider.access)
     claims = jwt.decode(rider.access, options={"verify_signature": False})
     now = int(time.time())
-    current = await client.app[TOKEN_KEYS].current()
+    current = await client.app[IDENTITY].token_keys.current()
     public_pem = current.public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -241,7 +241,7 @@ async def test_a_rotated_signing_key_keeps_old_tokens_valid(
         new_kid = await tokens.rotate_signing_key(
             conn, Keystore(load_kek(config)), timedelta(hours=1)
         )
-    await client.app[TOKEN_KEYS].load()
+    await client.app[IDENTITY].token_keys.load()
     fresh = await client.post(
         "/v1/sessions", json={"phone": rider.phone, "password": make.PASSWORD}
     )

@@ -8,6 +8,7 @@ import random
 import secrets
 import subprocess
 import sys
+import uuid
 
 import asyncpg
 import pytest
@@ -17,6 +18,7 @@ from gateway.ledger import (
     DuplicatePosting,
     FloorBreach,
     Leg,
+    TxnKind,
     UnknownAccount,
     account_balance,
     open_account,
@@ -30,10 +32,11 @@ async def new_account(pool: asyncpg.Pool, kind: AccountKind, floor_fen: int | No
 
 
 async def transfer(
-    pool: asyncpg.Pool, source: int, target: int, amount_fen: int, **kw: str
+    pool: asyncpg.Pool, source: int, target: int, amount_fen: int, ref: str | None = None
 ) -> None:
+    legs = [Leg(source, -amount_fen), Leg(target, amount_fen)]
     async with pool.acquire() as conn, conn.transaction():
-        await post(conn, "test_transfer", [Leg(source, -amount_fen), Leg(target, amount_fen)], **kw)
+        await post(conn, TxnKind.ADJUSTMENT, legs, ref=ref or f"test:{uuid.uuid4()}")
 
 
 async def balances(pool: asyncpg.Pool, accounts: list[int]) -> list[int]:
@@ -114,7 +117,7 @@ async def test_an_unknown_account_is_refused(pool: asyncpg.Pool) -> None:
 async def test_postings_outside_a_transaction_are_a_bug(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         with pytest.raises(AssertionError):
-            await post(conn, "test_transfer", [Leg(1, -1), Leg(2, 1)])
+            await post(conn, TxnKind.ADJUSTMENT, [Leg(1, -1), Leg(2, 1)], ref="test:outside")
 
 
 async def test_unbalanced_postings_are_refused_by_the_database_too(pool: asyncpg.Pool) -> None:

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from aiohttp.test_utils import TestClient
 
 from gateway.config import Config
-from gateway.context import QR_ISSUER_KEYS
+from gateway.qr_codes.service import QR_CODES
 from qr.format import encode_text
 from qr.phone import Phone, generate_device_key
 from qr.signing import generate_private_key, issue_certificate, issue_online_code
@@ -179,7 +179,7 @@ async def test_every_refusal_reason_surfaces_and_nothing_is_debited(
 ) -> None:
     rider, phone = await funded_phone(client, pool, config, 1000)
     gate = await make.terminal(pool)
-    issuer = await client.server.app[QR_ISSUER_KEYS].current()
+    issuer = await client.server.app[QR_CODES].keys.current()
     now = int(time.time())
     device = generate_device_key()
 

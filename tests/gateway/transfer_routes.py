@@ -7,6 +7,7 @@ identity is simplified to a header, since identity has its own tests.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Annotated, Any
 
 import msgspec
@@ -15,7 +16,8 @@ from aiohttp import web
 from gateway import errors
 from gateway.api.routing import Call, RouteTable
 from gateway.auth.principal import Principal, PrincipalKind
-from gateway.ledger import FloorBreach, Leg, post
+from gateway.context import AUTHENTICATORS
+from gateway.ledger import FloorBreach, Leg, TxnKind, post
 
 routes = RouteTable("test")
 
@@ -57,9 +59,9 @@ async def create_transfer(call: Call) -> Transferred:
     assert call.conn is not None
     try:
         posting = await post(
-            call.conn, "test_transfer",
+            call.conn, TxnKind.ADJUSTMENT,
             [Leg(body.source, -body.amount_fen), Leg(body.target, body.amount_fen)],
-            memo=body.memo,
+            ref=f"test-transfer:{uuid.uuid4()}", memo=body.memo,
         )  # fmt: skip
     except FloorBreach:
         raise errors.INSUFFICIENT_BALANCE.error() from None
@@ -83,19 +85,17 @@ class EchoQuery(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
 
 
-@routes.post("/test/echo", body=Echo, query=EchoQuery, response=Echo)
+@routes.post("/test/echo", body=Echo, query=EchoQuery, response=Echo, public=True)
 async def echo(call: Call) -> Any:
     """Answer the validated body."""
     return call.body
 
 
-@routes.get("/test/boom")
+@routes.get("/test/boom", public=True)
 async def boom(call: Call) -> Any:
     """Fail unexpectedly."""
     raise RuntimeError("secret-token-abc must never reach the client")
 
 
 def install_authenticator(app: web.Application) -> None:
-    from gateway.context import AUTHENTICATORS
-
     app[AUTHENTICATORS].append(HeaderAuthenticator())

@@ -1,0 +1,31 @@
+"""The registry: one entry per area of the gateway, in the order their setups run.
+
+Adding an area: its package, one line here, its migration, its block of `gateway/errors.py`.
+`create_app` installs every area's routes, runs its setup and its jobs; `onecard` adds its
+commands; `onecard ledger verify` runs its checks.
+"""
+
+from __future__ import annotations
+
+from gateway import idempotency, wallet
+from gateway.api import access, qr, riders, system
+from gateway.api import wallet as wallet_routes
+from gateway.area import Area, LedgerCheck
+from gateway.auth import commands as auth_commands
+from gateway.auth import service as identity
+from gateway.ledger.verify import CHECKS as LEDGER_CHECKS
+from gateway.qr_codes import commands as qr_commands
+from gateway.qr_codes import service as qr_codes
+
+AREAS: tuple[Area, ...] = (
+    Area("platform", (system.routes,), jobs=(idempotency.PURGE_JOB,), ledger_checks=LEDGER_CHECKS),
+    Area("identity", (riders.routes, access.routes), identity.setup, auth_commands.register,
+         (identity.RELOAD_TOKEN_KEYS,)),
+    Area("wallet", (wallet_routes.routes,), wallet.setup),
+    Area("qr_codes", (qr.routes,), qr_codes.setup, qr_commands.register),
+)  # fmt: skip
+
+
+def ledger_checks() -> list[LedgerCheck]:
+    """Every check `onecard ledger verify` runs: the ledger's own, then each area's."""
+    return [check for area in AREAS for check in area.ledger_checks]

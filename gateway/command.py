@@ -1,0 +1,72 @@
+"""What every `onecard` command needs, opened once: the servers, an event loop, PostgreSQL,
+Redis and the keystore. Area commands (`gateway/<area>/commands.py`) build on this module; it
+imports no area, so the command line has no import circle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import redis.asyncio as redis
+
+from gateway import db
+from gateway.config import Config
+from gateway.embedded import server_urls
+from gateway.keystore import Keystore, load_kek
+
+T = TypeVar("T")
+SubParsers = argparse._SubParsersAction
+Command = Callable[[argparse.Namespace, Config], int]
+COMMAND_POOL_SIZE_MAX = 2
+
+
+@contextlib.contextmanager
+def services(config: Config) -> Iterator[Config]:
+    """The config with both URLs set, starting embedded servers for the missing ones."""
+    with server_urls(config.data_dir, config.database_url, config.redis_url) as (database, cache):
+        yield config.replace(database_url=database, redis_url=cache)
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
+@dataclass(frozen=True)
+class Tools:
+    """What a command works with; `conn` is one connection of `pool`, held for the command."""
+
+    config: Config
+    pool: asyncpg.Pool
+    conn: asyncpg.Connection
+    redis: redis.Redis
+    keystore: Keystore
+
+
+def run_with_tools(config: Config, work: Callable[[Tools], Awaitable[T]]) -> T:
+    """Run `work` against the configured (or embedded) PostgreSQL and Redis, then close all."""
+    keystore = Keystore(load_kek(config))
+
+    async def run(ready: Config) -> T:
+        pool = await db.create_pool(
+            ready.replace(db_pool_size_min=1, db_pool_size_max=COMMAND_POOL_SIZE_MAX)
+        )
+        client = redis.Redis.from_url(ready.redis_url)
+        try:
+            async with pool.acquire() as conn:
+                return await work(Tools(ready, pool, conn, client, keystore))
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    with services(config) as ready:
+        return run_async(run(ready))
