@@ -58,6 +58,8 @@ class Config:
     rate_terminal_burst: int = 200
     rate_admin_per_s: int = 50
     rate_admin_burst: int = 100
+    rate_channel_per_s: int = 200
+    rate_channel_burst: int = 1000
     rate_public_per_s: int = 5
     rate_public_burst: int = 30
     qr_certificate_ttl_s: int = 24 * 3600
@@ -180,6 +182,8 @@ HELP: dict[str, str] = {
     "rate_terminal_burst": "terminal bucket size",
     "rate_admin_per_s": "operator requests per second",
     "rate_admin_burst": "operator bucket size",
+    "rate_channel_per_s": "payment channel notifications per second, per channel",
+    "rate_channel_burst": "that bucket's size",
     "rate_public_per_s": "sign-ups, logins and refreshes per second from one client address",
     "rate_public_burst": "that bucket's size",
     "qr_certificate_ttl_s": "validity of a rider QR certificate",

@@ -37,7 +37,7 @@ class WhoAmI(msgspec.Struct):
     operator: str | None
 
 
-@routes.get("/v1/whoami", response=WhoAmI, principals=set(PrincipalKind))
+@routes.get("/v1/whoami", response=WhoAmI, principals=set(PrincipalKind) - {PrincipalKind.CHANNEL})
 async def whoami(call: Call) -> WhoAmI:
     """Who the gateway takes the caller for."""
     p = call.caller

@@ -28,6 +28,9 @@ _SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
                                "OC-Nonce (README: partner signatures)."},
     "terminal": {"type": "apiKey", "in": "header", "name": "OC-Signature",
                  "description": "Ed25519 request signature with OC-Terminal, OC-Timestamp."},
+    "channel": {"type": "apiKey", "in": "header", "name": "Signature",
+                "description": "A payment channel's notification, signed in the channel's own "
+                               "protocol over the exact body bytes."},
 }  # fmt: skip
 
 
@@ -84,6 +87,11 @@ def _operation(
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": schema_of[id(endpoint.body)]}},
+        }
+    elif endpoint.raw_body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": {"type": "string"}} for media in endpoint.accepts},
         }
     if endpoint.principals:
         operation["security"] = [{kind.value: []} for kind in sorted(endpoint.principals)]

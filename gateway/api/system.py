@@ -13,8 +13,8 @@ from aiohttp import web
 from gateway import __version__
 from gateway.api import openapi
 from gateway.api.routing import Call, Endpoint, RouteTable
-from gateway.responses import json_response
 from gateway.context import METRICS, POOL, REDIS
+from gateway.responses import json_response
 
 routes = RouteTable("system")
 log = logging.getLogger(__name__)

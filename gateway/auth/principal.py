@@ -1,4 +1,4 @@
-"""Who is calling: the four kinds of principal (DESIGN.md section 8)."""
+"""Who is calling: the kinds of principal (DESIGN.md section 8)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ class PrincipalKind(enum.StrEnum):
     PARTNER = "partner"
     TERMINAL = "terminal"
     ADMIN = "admin"  # operator staff: role "admin" may change things, "auditor" only reads
+    # A payment channel's notification, proven by the channel's own signature over the raw
+    # body (the connector checks it); id is the channel's name.
+    CHANNEL = "channel"
 
 
 @dataclass(frozen=True, slots=True)

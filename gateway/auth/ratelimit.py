@@ -73,6 +73,7 @@ class RateLimiter:
             PrincipalKind.PARTNER: (config.rate_partner_per_s, config.rate_partner_burst),
             PrincipalKind.TERMINAL: (config.rate_terminal_per_s, config.rate_terminal_burst),
             PrincipalKind.ADMIN: (config.rate_admin_per_s, config.rate_admin_burst),
+            PrincipalKind.CHANNEL: (config.rate_channel_per_s, config.rate_channel_burst),
         }
         self._public = (config.rate_public_per_s, config.rate_public_burst)
         self._degraded = degraded_checks(metrics)
