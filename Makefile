@@ -35,9 +35,17 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests
 
-loadtest: $(STAMP)
+LOADTEST_STAMP := $(VENV)/.loadtest-installed
+LOADTEST_ARGS ?= -u 50 -r 10 -t 60s
+
+$(LOADTEST_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[loadtest]'
-	$(BIN)/locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8080 -u 50 -r 10 -t 60s
+	touch $(LOADTEST_STAMP)
+
+# Against the gateway `make run` serves (same ONECARD_HOST / ONECARD_PORT) in another terminal.
+loadtest: $(LOADTEST_STAMP)
+	$(BIN)/locust -f loadtest/locustfile.py --headless \
+		--host http://$${ONECARD_HOST:-127.0.0.1}:$${ONECARD_PORT:-8080} $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -36,7 +36,7 @@ class Account(msgspec.Struct):
     balance_fen: int
 
 
-@routes.get("/bench/accounts/{account_id}", response=Account)
+@routes.get("/bench/accounts/{account_id}", response=Account, public=True)
 async def read_account(call: Call) -> Account:
     """One ledger account: one PostgreSQL round trip."""
     row = await call.app[POOL].fetchrow(ACCOUNT_QUERY, call.path_int("account_id"))

@@ -74,7 +74,9 @@ def bench_env(database_url: str, redis_url: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def server_process(module: str, args: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+def server_process(
+    module: str, args: list[str], env: dict[str, str], port: int
+) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen([sys.executable, "-m", module, *args], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -84,7 +86,7 @@ def server_process(module: str, args: list[str], env: dict[str, str], port: int)
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{module} did not start")
             time.sleep(0.1)
-        yield
+        yield process
     finally:
         process.terminate()
         try:

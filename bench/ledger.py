@@ -11,6 +11,7 @@ Also printed: what a posting costs where it is used, beside its cause in one tra
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from typing import Any
@@ -20,7 +21,7 @@ import asyncpg
 from bench._support import report, scratch_database, server_urls
 from gateway import db
 from gateway.config import Config
-from gateway.ledger import AccountKind, Leg, open_account, post
+from gateway.ledger import AccountKind, Leg, TxnKind, open_account, post
 
 SECONDS = 5.0
 CONCURRENCY = 16
@@ -59,9 +60,17 @@ async def bare_two_updates(pool: asyncpg.Pool, pair: list[int]) -> None:
             )  # fmt: skip
 
 
+_refs = itertools.count()
+
+
+def _ref() -> str:
+    """Every posting names its event; here, a number unique in the run's scratch database."""
+    return f"bench:{next(_refs)}"
+
+
 async def ledger_posting(pool: asyncpg.Pool, pair: list[int]) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await post(conn, "bench", [Leg(pair[0], -1), Leg(pair[1], 1)])
+        await post(conn, TxnKind.ADJUSTMENT, [Leg(pair[0], -1), Leg(pair[1], 1)], ref=_ref())
 
 
 async def posting_statement_alone(pool: asyncpg.Pool, pair: list[int]) -> None:
@@ -69,7 +78,7 @@ async def posting_statement_alone(pool: asyncpg.Pool, pair: list[int]) -> None:
     costs. Not how the gateway posts (always beside a cause, inside its transaction)."""
     async with pool.acquire() as conn:
         await conn.fetchrow(
-            "SELECT txn_id FROM ledger_post('bench', NULL, '', $1, $2)", pair, [-1, 1]
+            "SELECT txn_id FROM ledger_post('adjustment', $3, '', $1, $2)", pair, [-1, 1], _ref()
         )
 
 
@@ -81,7 +90,7 @@ async def business_row_only(pool: asyncpg.Pool, pair: list[int]) -> None:
 async def business_row_and_posting(pool: asyncpg.Pool, pair: list[int]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_BUSINESS_ROW, pair[0] * 131 + pair[1])
-        await post(conn, "bench", [Leg(pair[0], -1), Leg(pair[1], 1)])
+        await post(conn, TxnKind.ADJUSTMENT, [Leg(pair[0], -1), Leg(pair[1], 1)], ref=_ref())
 
 
 # A stand-in for the business row a posting sits beside: an order marked paid.

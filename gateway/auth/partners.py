@@ -149,8 +149,11 @@ class PartnerAuthenticator:
         if not (0 < len(key_id) <= 64 and stamp.isdigit() and 0 < len(nonce) <= NONCE_CHARS_MAX):
             raise errors.BAD_SIGNATURE.error()
         partner, valid = await self._credentials(key_id)
+        # The path as sent, percent-escapes kept: `request.path` is decoded, and the client
+        # signed the bytes it put on the wire. `rel_url.raw_path` also drops the query and, for
+        # an absolute-form target, the scheme and host.
         canonical = signatures.canonical_request(
-            request.method, request.path, request.query.items(), stamp, nonce, body
+            request.method, request.rel_url.raw_path, request.query.items(), stamp, nonce, body
         )
         if (
             partner is None

@@ -3,7 +3,7 @@
 The canonical string of a request is six lines joined by `\\n`:
 
     METHOD                 upper case, e.g. POST
-    /path                  as sent, without the query
+    /path                  as sent, without the query: percent-escapes kept as on the wire
     sorted query           k=v pairs sorted by key then value, RFC 3986 percent-encoded, joined by &
     timestamp              OC-Timestamp, unix seconds
     nonce                  OC-Nonce
@@ -86,7 +86,10 @@ def sign_partner_request(
     timestamp: int | None = None,
     nonce: str | None = None,
 ) -> dict[str, str]:
-    """The headers a partner adds to a request for `url_path` (path and query, no host)."""
+    """The headers a partner adds to a request for `url_path` (path and query, no host).
+
+    The path is signed exactly as given, escapes and all: pass it as the client will send it.
+    """
     stamp, nonce, canonical = _stamped_canonical(method, url_path, body, timestamp, nonce)
     return {
         KEY_ID: key_id,
@@ -105,7 +108,10 @@ def sign_terminal_request(
     timestamp: int | None = None,
     nonce: str | None = None,
 ) -> dict[str, str]:
-    """The headers a terminal adds to a request for `url_path` (path and query, no host)."""
+    """The headers a terminal adds to a request for `url_path` (path and query, no host).
+
+    The path is signed exactly as given, escapes and all: pass it as the client will send it.
+    """
     stamp, nonce, canonical = _stamped_canonical(method, url_path, body, timestamp, nonce)
     return {
         TERMINAL: terminal_id,

@@ -118,8 +118,11 @@ class TerminalAuthenticator:
         if not (TERMINAL_ID.match(terminal_id) and stamp.isdigit() and 0 < len(nonce) <= 64):
             raise errors.BAD_SIGNATURE.error()
         terminal = await self._terminal(terminal_id)
+        # The path as sent, percent-escapes kept: `request.path` is decoded, and the client
+        # signed the bytes it put on the wire. `rel_url.raw_path` also drops the query and, for
+        # an absolute-form target, the scheme and host.
         canonical = signatures.canonical_request(
-            request.method, request.path, request.query.items(), stamp, nonce, body
+            request.method, request.rel_url.raw_path, request.query.items(), stamp, nonce, body
         )
         signature = headers.get(signatures.SIGNATURE, "")
         if (

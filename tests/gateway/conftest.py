@@ -25,8 +25,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import db, embedded
 from gateway.api.routing import RouteTable
 from gateway.app import create_app
-from gateway.config import Config
 from gateway.areas import ledger_checks
+from gateway.config import Config
 from gateway.ledger.verify import verify_ledger
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.auth import tokens
-from gateway.config import Config
 from gateway.auth.service import IDENTITY
+from gateway.config import Config
 from gateway.keystore import Keystore, load_kek
 from tests.gateway import identity_helpers as make
 
