@@ -13,10 +13,16 @@ route that takes a body in a channel's own format (a payment notification, form-
 JSON, verified over its exact bytes) says `raw_body=True` and lists the media types it
 `accepts`; its handler reads `call.raw`. Every GET route answers HEAD too.
 
+A money route that calls out over the network (a payment channel) says
+`idempotent=Idempotency.RECOVERY_POINTS` instead: its handler gets no transaction (`call.conn`
+is None) but the claimed key, `call.recovery`, and works in phases, each its own transaction,
+with outbound calls between them (see `gateway.idempotency`).
+
 The wrapper reads the body (bounded), authenticates, checks the caller's kind, applies the rate
 limit, decodes and validates path, query and body with the same msgspec types `/openapi.json`
 is built from, runs the Idempotency-Key protocol on money routes (handing the handler the
-connection of the transaction that also stores the answer), and encodes the result.
+connection of the transaction that also stores the answer, or the claimed key of a
+recovery-point route), and encodes the result.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from aiohttp import web
 from gateway import errors, idempotency
 from gateway.auth.principal import Principal, PrincipalKind
 from gateway.context import AUTHENTICATORS, CONFIG, POOL, RATE_LIMITER
+from gateway.idempotency import Idempotency as Idempotency  # re-exported for route tables
+from gateway.idempotency import Recovery
 from gateway.responses import JSON, json_response
 
 Handler = Callable[["Call"], Awaitable[Any]]
@@ -57,6 +65,9 @@ class Call:
     # under the Idempotency-Key. Domain functions write through it; it commits after the
     # handler returns.
     conn: asyncpg.Connection | None = None
+    # Recovery-point routes only: the claimed Idempotency-Key, through which the handler runs
+    # its phases and outbound calls (see `recovery`).
+    claimed: Recovery | None = None
 
     @property
     def app(self) -> web.Application:
@@ -73,6 +84,12 @@ class Call:
         """The money route's transaction (see `conn`)."""
         assert self.conn is not None, "only idempotent routes run in a transaction"
         return self.conn
+
+    @property
+    def recovery(self) -> Recovery:
+        """A recovery-point route's claimed key (see `claimed`)."""
+        assert self.claimed is not None, "only recovery-point routes have recovery points"
+        return self.claimed
 
     def path_int(self, name: str) -> int:
         """A path parameter that must be a positive integer id; else 404 (nothing to find)."""
@@ -98,7 +115,9 @@ class Endpoint:
     status: int = 200
     principals: frozenset[PrincipalKind] = frozenset()
     public: bool = False
-    idempotent: bool = False
+    # True (or Idempotency.ONE_TRANSACTION): effects and answer commit in one transaction;
+    # Idempotency.RECOVERY_POINTS: a route that calls out, in phases.
+    idempotent: bool | Idempotency = False
     content_type: str = JSON
     raw_body: bool = False
     accepts: tuple[str, ...] = (JSON,)
@@ -113,6 +132,7 @@ class Endpoint:
             f"{self.method} {self.path}: name its principals or declare it public"
         )
         assert not self.idempotent or self.principals, "a money route names who may call it"
+        assert isinstance(self.idempotent, bool | Idempotency)
         assert not (self.raw_body and self.body is not None), "a raw body has no schema"
 
 
@@ -179,7 +199,7 @@ def decode_body(raw: bytes, schema: type, request: web.Request) -> Any:
     elif request.content_type not in (JSON, "application/octet-stream", ""):
         raise errors.UNSUPPORTED_MEDIA_TYPE.error()
     try:
-        value = msgspec.json.decode(raw, type=schema)
+        value: Any = msgspec.json.decode(raw, type=schema)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     except msgspec.DecodeError:
@@ -268,6 +288,8 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
             call.body = decode_body(raw, endpoint.body, request)
         elif raw.strip():
             raise errors.VALIDATION_FAILED.error("This route takes no body.", where="body")
+        if endpoint.idempotent is Idempotency.RECOVERY_POINTS:
+            return await _respond_resumably(endpoint, call)
         if endpoint.idempotent:
             return await _respond_once(endpoint, call)
         return await _respond(endpoint, call)
@@ -288,6 +310,22 @@ async def _respond_once(endpoint: Endpoint, call: Call) -> web.StreamResponse:
 
     app = call.app
     return await idempotency.run_in_transaction(
+        call.request, app[POOL], app[CONFIG], call.caller.key, call.raw, respond
+    )
+
+
+async def _respond_resumably(endpoint: Endpoint, call: Call) -> web.StreamResponse:
+    """A money route that calls out: its phases commit one by one, its answer at the end."""
+
+    async def respond(recovery: Recovery) -> web.StreamResponse:
+        call.claimed = recovery
+        try:
+            return await _respond(endpoint, call)
+        finally:
+            call.claimed = None
+
+    app = call.app
+    return await idempotency.run_with_recovery_points(
         call.request, app[POOL], app[CONFIG], call.caller.key, call.raw, respond
     )
 
