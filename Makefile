@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway hce qr tests bench
 	$(BIN)/ruff format --check gateway hce qr tests bench
-	$(BIN)/mypy gateway hce qr
+	$(BIN)/mypy --strict gateway hce qr
 
 migrate: $(STAMP)
 	$(BIN)/onecard migrate

@@ -25,6 +25,7 @@ from gateway import db
 from gateway.app import create_app
 from gateway.areas import AREAS, ledger_checks
 from gateway.auth.commands import cmd_keys_rotate_token_signing
+from gateway.channels.sandbox import run as sandboxes
 from gateway.command import SubParsers, run_async, services
 from gateway.config import HELP, Config, ConfigError, env_name
 from gateway.keystore import create_kek_file, load_kek
@@ -137,6 +138,13 @@ async def _work(config: Config) -> None:
     await runner.cleanup()
 
 
+# --------------------------------------------------------------------------- sandbox
+def cmd_sandbox(args: argparse.Namespace, config: Config) -> int:
+    """One channel's sandbox in the foreground (the tests and `make run` start them too)."""
+    run_async(sandboxes.serve(args.channel, config.host, args.port, config.data_dir))
+    return 0
+
+
 # --------------------------------------------------------------------------- migrate
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     with services(config) as ready:
@@ -210,6 +218,10 @@ def _register_platform(sub: SubParsers[argparse.ArgumentParser]) -> None:
     sub.add_parser("work", help="run only the background jobs (no HTTP)").set_defaults(
         command=cmd_work
     )
+    sandbox = sub.add_parser("sandbox", help="run one payment channel's sandbox")
+    sandbox.add_argument("channel", choices=["alipay", "wechatpay", "unionpay"])
+    sandbox.add_argument("--port", type=int, required=True)
+    sandbox.set_defaults(command=cmd_sandbox)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(command=cmd_migrate)
     ledger = sub.add_parser("ledger", help="ledger tools").add_subparsers(required=True)
     ledger.add_parser("verify", help="prove every txn and balance").set_defaults(

@@ -45,4 +45,4 @@ METRICS = web.AppKey("metrics", Registry)
 AUTHENTICATORS = web.AppKey("authenticators", list[Authenticator])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 # path -> the methods `Allow` lists on a 405 (built from the route tables).
-ALLOWED_METHODS = web.AppKey("allowed_methods", Callable[[str], list[str]])
+ALLOWED_METHODS: web.AppKey[Callable[[str], list[str]]] = web.AppKey("allowed_methods")

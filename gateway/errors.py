@@ -82,6 +82,12 @@ IDEMPOTENCY_KEY_IN_FLIGHT = define(
     "idempotency_key_in_flight", 409, "A request with this Idempotency-Key is still running."
 )
 
+PAYMENT_CHANNEL_UNAVAILABLE = define(
+    "payment_channel_unavailable",
+    503,
+    "The payment channel did not answer; retry with the same Idempotency-Key.",
+)
+
 # --- ledger ------------------------------------------------------------------------------
 INSUFFICIENT_BALANCE = define(
     "insufficient_balance", 422, "The account balance would fall below its floor."

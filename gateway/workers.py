@@ -112,4 +112,5 @@ def _delay_s(job: Periodic, failures: int) -> float:
     `backoff_max_s` (or by the interval itself, when that is longer)."""
     if failures == 0:
         return job.interval_s
-    return min(max(job.backoff_max_s, job.interval_s), job.interval_s * 2 ** min(failures, 32))
+    backoff_s: float = job.interval_s * 2.0 ** min(failures, 32)
+    return min(max(job.backoff_max_s, job.interval_s), backoff_s)
