@@ -52,6 +52,7 @@ def build(endpoints: list[Endpoint], title: str, version: str) -> dict[str, Any]
             if kind is not None:
                 types.append(kind)
     refs, components = msgspec.json.schema_components(types, ref_template=_REF)
+    _no_nul(components)
     schema_of = dict(zip(map(id, types), refs, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
@@ -68,6 +69,22 @@ def build(endpoints: list[Endpoint], title: str, version: str) -> dict[str, Any]
             for e in errors.CATALOGUE.values()
         ],
     }
+
+
+# Text never holds NUL (the platform refuses it, PostgreSQL cannot store it): say so in every
+# string schema that does not already constrain its characters.
+_NO_NUL = "^[^\\u0000]*$"
+
+
+def _no_nul(schema: Any) -> None:
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and "pattern" not in schema and "enum" not in schema:
+            schema["pattern"] = _NO_NUL
+        for value in schema.values():
+            _no_nul(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _no_nul(value)
 
 
 def _operation(
@@ -129,7 +146,7 @@ def _responses(endpoint: Endpoint, schema_of: dict[int, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "OK"}
     if endpoint.response is not None:
         ok["content"] = {endpoint.content_type: {"schema": schema_of[id(endpoint.response)]}}
-    elif endpoint.content_type != "application/json":
+    elif endpoint.status != 204:
         ok["content"] = {endpoint.content_type: {}}
     responses: dict[str, Any] = {str(endpoint.status): ok}
     if endpoint.body is not None or endpoint.query is not None or endpoint.idempotent:

@@ -25,7 +25,17 @@ POSITION_DIGITS_MAX = 18
 
 class PageQuery(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=PAGE_ITEMS_MAX)] = PAGE_ITEMS_DEFAULT
-    cursor: Annotated[str, msgspec.Meta(max_length=CURSOR_CHARS_MAX)] | None = None
+    cursor: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=CURSOR_CHARS_MAX,
+                description="opaque: the `next_cursor` of the page before; empty or absent "
+                "for the first page",
+            ),
+        ]
+        | None
+    ) = None
 
 
 def cursor_out(kind: str, position: int) -> str:
@@ -34,7 +44,7 @@ def cursor_out(kind: str, position: int) -> str:
 
 def cursor_in(kind: str, cursor: str | None) -> int | None:
     """The position a cursor of list `kind` names; None for the first page."""
-    if cursor is None:
+    if not cursor:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.routing import Call, RouteTable
+from gateway.auth.passwords import PASSWORD_CHARS_MAX, PASSWORD_CHARS_MIN
 from gateway.auth.principal import PrincipalKind
 from gateway.auth.service import IDENTITY, TokenPair
 
@@ -19,12 +20,21 @@ RIDER = {PrincipalKind.RIDER}
 Phone = Annotated[
     str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{7,14}$", description="E.164, e.g. +8613800138000")
 ]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=PASSWORD_CHARS_MAX)]
+# Decoded as any password (a short one is then 400 `weak_password`, a stable answer), but
+# documented with the length a new password needs.
+NewPassword = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=PASSWORD_CHARS_MAX, extra_json_schema={"minLength": PASSWORD_CHARS_MIN},
+        description="at least 8 characters, at least 4 different ones, not a common password",
+    ),
+]  # fmt: skip
 
 
 class NewRider(msgspec.Struct, forbid_unknown_fields=True):
     phone: Phone
-    password: Password
+    password: NewPassword
 
 
 class RiderOut(msgspec.Struct):

@@ -83,13 +83,19 @@ async def openapi_document(call: Call) -> web.Response:
     return web.Response(body=call.app[OPENAPI_DOCUMENT], content_type="application/json")
 
 
+# Read once: two small files that never change while the gateway runs. Served with the
+# content types /openapi.json documents (a guess from the file name would vary by platform).
+_DOCS_PAGE = (STATIC_DIR / "docs.html").read_bytes()
+_DOCS_SCRIPT = (STATIC_DIR / "docs.js").read_bytes()
+
+
 @routes.get("/docs", public=True, content_type="text/html")
-async def docs(call: Call) -> web.FileResponse:
+async def docs(call: Call) -> web.Response:
     """A page that renders /openapi.json; its script is served from here, no network needed."""
-    return web.FileResponse(STATIC_DIR / "docs.html")
+    return web.Response(body=_DOCS_PAGE, content_type="text/html", charset="utf-8")
 
 
 @routes.get("/docs/docs.js", public=True, content_type="text/javascript")
-async def docs_script(call: Call) -> web.FileResponse:
+async def docs_script(call: Call) -> web.Response:
     """The script of /docs."""
-    return web.FileResponse(STATIC_DIR / "docs.js")
+    return web.Response(body=_DOCS_SCRIPT, content_type="text/javascript", charset="utf-8")

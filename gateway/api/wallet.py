@@ -43,7 +43,13 @@ class WalletTransactions(msgspec.Struct):
 
 class Adjustment(msgspec.Struct, forbid_unknown_fields=True):
     rider_id: Annotated[int, msgspec.Meta(ge=1)]
-    amount_fen: Annotated[int, msgspec.Meta(ge=-ADJUSTMENT_FEN_MAX, le=ADJUSTMENT_FEN_MAX)]
+    amount_fen: Annotated[
+        int,
+        msgspec.Meta(
+            ge=-ADJUSTMENT_FEN_MAX, le=ADJUSTMENT_FEN_MAX, description="not 0: it moves money",
+            extra_json_schema={"not": {"const": 0}},
+        ),
+    ]  # fmt: skip
     reason: Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
 
 

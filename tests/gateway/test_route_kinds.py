@@ -160,3 +160,27 @@ async def test_a_cursor_the_api_did_not_give_is_400(test_client: ClientT, cursor
     response = await test_client.get(f"/v1/wallet/transactions?cursor={cursor}", headers=rider.auth)
     assert response.status == 400, await response.text()
     assert await error_code(response) == "validation_failed"
+
+
+async def test_an_empty_cursor_is_the_first_page(test_client: ClientT) -> None:
+    rider = await make.rider(test_client)
+    response = await test_client.get("/v1/wallet/transactions?cursor=", headers=rider.auth)
+    assert response.status == 200 and (await response.json())["items"] == []
+
+
+async def test_responses_carry_the_content_types_the_document_gives(
+    test_client: ClientT,
+) -> None:
+    document = await (await test_client.get("/openapi.json")).json()
+    for path in ("/docs", "/docs/docs.js", "/openapi.json", "/metrics", "/healthz"):
+        documented = set(document["paths"][path]["get"]["responses"]["200"]["content"])
+        response = await test_client.get(path)
+        assert response.status == 200 and response.content_type in documented, path
+
+
+async def test_the_document_says_text_never_holds_nul(test_client: ClientT) -> None:
+    document = await (await test_client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    password = schemas["NewRider"]["properties"]["password"]
+    assert password["pattern"] == "^[^\\u0000]*$" and password["minLength"] == 8
+    assert schemas["Adjustment"]["properties"]["amount_fen"]["not"] == {"const": 0}
