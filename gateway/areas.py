@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway import idempotency, wallet
 from gateway.api import access, qr, riders, system
+from gateway.api import taps as taps_routes
 from gateway.api import wallet as wallet_routes
 from gateway.area import Area, LedgerCheck
 from gateway.auth import commands as auth_commands
@@ -16,6 +17,7 @@ from gateway.auth import service as identity
 from gateway.ledger.verify import CHECKS as LEDGER_CHECKS
 from gateway.qr_codes import commands as qr_commands
 from gateway.qr_codes import service as qr_codes
+from gateway.taps import service as taps
 
 AREAS: tuple[Area, ...] = (
     Area("platform", (system.routes,), jobs=(idempotency.PURGE_JOB,), ledger_checks=LEDGER_CHECKS),
@@ -23,6 +25,7 @@ AREAS: tuple[Area, ...] = (
          (identity.RELOAD_TOKEN_KEYS,)),
     Area("wallet", (wallet_routes.routes,), wallet.setup),
     Area("qr_codes", (qr.routes,), qr_codes.setup, qr_commands.register),
+    Area("taps", (taps_routes.routes,), taps.setup, ledger_checks=taps.LEDGER_CHECKS),
 )  # fmt: skip
 
 

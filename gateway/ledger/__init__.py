@@ -1,7 +1,8 @@
 """The double-entry ledger (DESIGN.md section 5): accounts, postings, verification.
 
 Every money movement is one txn of two or more entries summing to zero, posted with
-`post()` inside the caller's database transaction, next to the business row that caused it.
+`post()` inside the caller's database transaction, next to the business row that caused it;
+a batch of two-leg txns (a gate's taps) with `post_batch()`, in one statement.
 """
 
 from gateway.ledger.accounts import AccountKind, account_balance, open_account
@@ -11,9 +12,13 @@ from gateway.ledger.postings import (
     LedgerError,
     Leg,
     Posting,
+    Transfer,
     TxnKind,
     UnknownAccount,
+    accounts_of_owners,
     post,
+    post_batch,
+    reserve_txn_ids,
 )
 
 __all__ = [
@@ -23,9 +28,13 @@ __all__ = [
     "LedgerError",
     "Leg",
     "Posting",
+    "Transfer",
     "TxnKind",
     "UnknownAccount",
     "account_balance",
+    "accounts_of_owners",
     "open_account",
     "post",
+    "post_batch",
+    "reserve_txn_ids",
 ]

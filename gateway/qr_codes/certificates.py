@@ -5,9 +5,10 @@ gateway then signs a certificate (`shared/QR_FORMAT.md`) valid `ONECARD_QR_CERTI
 whose single-ride ceiling is min(spendable wallet balance, `ONECARD_QR_RIDE_CEILING_FEN_MAX`).
 
 One active device per rider: a certificate for another key revokes the previous device, whose
-fingerprint goes on the deny list until its last certificate expires. A rider whose account is
-deny-listed for want of money and whose balance is back above zero comes off the list here (and
-when asking for an online code). This module owns `qr_devices` and `qr_certificates`.
+fingerprint goes on the deny list (`gateway.taps.deny_list`) until its last certificate
+expires. A rider whose account is deny-listed for want of money and whose balance is back
+above zero comes off the list here (and when asking for an online code). This module owns
+`qr_devices` and `qr_certificates`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import redis.asyncio as redis
 
 from gateway import errors, wallet
 from gateway.config import Config
-from gateway.qr_codes import challenges, deny_list
+from gateway.qr_codes import challenges
 from gateway.qr_codes.issuer_keys import IssuerKeys
-from gateway.qr_codes.rides import GatewayReason
+from gateway.taps import deny_list
 from qr.format import RiderCertificate
 from qr.signing import (
     InvalidPublicKey,
@@ -57,7 +58,7 @@ async def spendable_fen(conn: asyncpg.Connection, rider_id: int) -> int:
     if spendable <= 0:
         raise errors.INSUFFICIENT_BALANCE.error(balance_fen=found.balance_fen)
     reason = await deny_list.denial_reason(conn, rider_id)
-    if reason == GatewayReason.INSUFFICIENT_BALANCE:
+    if reason == deny_list.UNPAID:
         async with conn.transaction():
             await deny_list.lift_account(conn, rider_id, LIFTED_REASON)
     elif reason is not None:

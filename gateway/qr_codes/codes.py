@@ -3,7 +3,7 @@
 A code is kept in Redis for its lifetime, under its id (the code's random nonce, hex), so the
 rider's app can fetch it as a PNG or SVG image; only the rider it was issued to can. A lost
 entry costs nothing: the app asks for a new code. The ride itself is checked when the gate
-uploads it (`rides`), never against this store.
+uploads it (`gateway.taps.qr_rides`), never against this store.
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ async def test_a_stolen_revoked_device_key_cannot_be_revived_by_another_rider(
 async def test_only_a_deny_for_want_of_money_lifts_itself(
     client: ClientT, pool: asyncpg.Pool, config: Config
 ) -> None:
-    from gateway.qr_codes import deny_list
+    from gateway.taps import deny_list
 
     rider = await make.rider(client)
     await make.fund(client, pool, config, rider.id, 500)
