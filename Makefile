@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/onecard keys init
 	$(BIN)/onecard migrate
-	exec $(BIN)/onecard serve
+	ONECARD_SANDBOXES=$${ONECARD_SANDBOXES:-true} exec $(BIN)/onecard serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -14,6 +14,8 @@ from gateway.api import wallet as wallet_routes
 from gateway.area import Area, LedgerCheck
 from gateway.auth import commands as auth_commands
 from gateway.auth import service as identity
+from gateway.channels import commands as channel_commands
+from gateway.channels import service as channels
 from gateway.ledger.verify import CHECKS as LEDGER_CHECKS
 from gateway.qr_codes import commands as qr_commands
 from gateway.qr_codes import service as qr_codes
@@ -26,6 +28,7 @@ AREAS: tuple[Area, ...] = (
     Area("wallet", (wallet_routes.routes,), wallet.setup),
     Area("qr_codes", (qr.routes,), qr_codes.setup, qr_commands.register),
     Area("taps", (taps_routes.routes,), taps.setup, ledger_checks=taps.LEDGER_CHECKS),
+    Area("channels", (), channels.setup, channel_commands.register),
 )  # fmt: skip
 
 

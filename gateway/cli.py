@@ -25,6 +25,7 @@ from gateway import db
 from gateway.app import create_app
 from gateway.areas import AREAS, ledger_checks
 from gateway.auth.commands import cmd_keys_rotate_token_signing
+from gateway.channels.commands import sandboxes_beside
 from gateway.channels.sandbox import run as sandboxes
 from gateway.command import SubParsers, run_async, services
 from gateway.config import HELP, Config, ConfigError, env_name
@@ -46,13 +47,14 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         applied = run_async(db.migrate(ready.database_url))
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
-        if workers == 1:
-            run_async(_serve(ready, reuse_port=False, jobs=not args.no_jobs))
-            return 0
-        with shared_directory(ready.data_dir) as metrics_dir:
-            return _supervise(
-                ready.replace(metrics_dir=str(metrics_dir)), workers, jobs=not args.no_jobs
-            )
+        with sandboxes_beside(ready):
+            if workers == 1:
+                run_async(_serve(ready, reuse_port=False, jobs=not args.no_jobs))
+                return 0
+            with shared_directory(ready.data_dir) as metrics_dir:
+                return _supervise(
+                    ready.replace(metrics_dir=str(metrics_dir)), workers, jobs=not args.no_jobs
+                )
 
 
 async def _serve(config: Config, reuse_port: bool, jobs: bool) -> None:

@@ -66,6 +66,18 @@ class Config:
     qr_code_ttl_s: int = 30
     qr_ride_ceiling_fen_max: int = 2000
     qr_ride_age_max_s: int = 7 * 24 * 3600
+    public_url: str = "http://127.0.0.1:8080"
+    channel_timeout_ms: int = 5_000
+    channel_retries_max: int = 2
+    sandboxes: bool = False
+    sandbox_alipay_port: int = 8091
+    sandbox_wechatpay_port: int = 8092
+    sandbox_unionpay_port: int = 8093
+    topup_amount_min_fen: int = 1_000
+    topup_amount_max_fen: int = 100_000
+    topup_amount_step_fen: int = 100
+    topup_ttl_s: int = 15 * 60
+    topup_query_after_s: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -95,6 +107,10 @@ class Config:
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError("ONECARD_PUBLIC_URL must be an http:// or https:// URL")
+        if self.topup_amount_min_fen > self.topup_amount_max_fen:
+            raise ConfigError("ONECARD_TOPUP_AMOUNT_MIN_FEN must not exceed the maximum")
         if self.idempotency_lease_s >= self.idempotency_ttl_s:
             raise ConfigError("ONECARD_IDEMPOTENCY_LEASE_S must be shorter than the TTL")
 
@@ -190,5 +206,17 @@ HELP: dict[str, str] = {
     "qr_code_ttl_s": "validity of an online QR code",
     "qr_ride_ceiling_fen_max": "largest single-ride ceiling a rider QR certificate carries",
     "qr_ride_age_max_s": "oldest QR ride tap time a gate may upload",
+    "public_url": "the gateway's address as payment channels reach it (their notify URLs)",
+    "channel_timeout_ms": "how long one call to a payment channel may take",
+    "channel_retries_max": "retries of a channel call that got no answer",
+    "sandboxes": "run the three channel sandboxes beside the gateway (`make run` sets it)",
+    "sandbox_alipay_port": "the Alipay sandbox's port",
+    "sandbox_wechatpay_port": "the WeChat Pay sandbox's port",
+    "sandbox_unionpay_port": "the UnionPay sandbox's port",
+    "topup_amount_min_fen": "smallest top-up",
+    "topup_amount_max_fen": "largest top-up",
+    "topup_amount_step_fen": "top-ups are whole multiples of this",
+    "topup_ttl_s": "how long a rider has to pay a top-up before it is closed",
+    "topup_query_after_s": "how long to wait for a channel's notification before asking",
 }
 assert set(HELP) == {f.name for f in fields(Config)}, "every setting needs its help line"

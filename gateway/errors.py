@@ -82,12 +82,6 @@ IDEMPOTENCY_KEY_IN_FLIGHT = define(
     "idempotency_key_in_flight", 409, "A request with this Idempotency-Key is still running."
 )
 
-PAYMENT_CHANNEL_UNAVAILABLE = define(
-    "payment_channel_unavailable",
-    503,
-    "The payment channel did not answer; retry with the same Idempotency-Key.",
-)
-
 # --- ledger ------------------------------------------------------------------------------
 INSUFFICIENT_BALANCE = define(
     "insufficient_balance", 422, "The account balance would fall below its floor."
@@ -125,4 +119,33 @@ QR_DEVICE_IN_USE = define(
 )
 QR_ACCOUNT_DENIED = define(
     "qr_account_denied", 403, "This account may not ride by QR code; contact customer service."
+)
+
+# --- top-ups and payment channels ----------------------------------------------------------
+PAYMENT_CHANNEL_UNAVAILABLE = define(
+    "payment_channel_unavailable",
+    503,
+    "The payment channel did not answer; retry with the same Idempotency-Key.",
+)
+PAYMENT_CHANNEL_REFUSED = define(
+    "payment_channel_refused", 422, "The payment channel refused the payment."
+)
+CHANNEL_NOT_CONFIGURED = define(
+    "channel_not_configured", 503, "This payment channel is not available now."
+)
+TOPUP_AMOUNT_NOT_ALLOWED = define(
+    "topup_amount_not_allowed", 422, "This amount cannot be topped up; see the allowed amounts."
+)
+CARD_BALANCE_CEILING = define(
+    "card_balance_ceiling", 422, "The card cannot hold this much; see the room left."
+)
+CARD_UNREADABLE = define("card_unreadable", 400, "The card data is not a valid card's.")
+CARD_LINKED_ELSEWHERE = define(
+    "card_linked_elsewhere", 409, "This card is linked to another account or reported lost."
+)
+TOPUP_NOT_REFUNDABLE = define(
+    "topup_not_refundable", 422, "This top-up cannot be refunded (now, or by this much)."
+)
+PARTNER_FLOAT_INSUFFICIENT = define(
+    "partner_float_insufficient", 422, "The partner's prepaid float cannot pay this top-up."
 )

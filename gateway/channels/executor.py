@@ -87,10 +87,17 @@ class Executor:
                 call.method, call.url, headers=dict(call.headers), data=call.body or None,
                 timeout=self._timeout, allow_redirects=False,
             ) as response:  # fmt: skip
-                body = await response.content.read(ANSWER_BYTES_MAX + 1)
-                if len(body) > ANSWER_BYTES_MAX:
-                    outcome = "too_large"
-                    return None
+                # The whole answer, chunk by chunk (one read returns only what is buffered),
+                # refused as soon as it outgrows any answer a channel gives.
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > ANSWER_BYTES_MAX:
+                        outcome = "too_large"
+                        return None
+                    chunks.append(chunk)
+                body = b"".join(chunks)
                 outcome = str(response.status)
                 return HttpAnswer(response.status, CIMultiDict(response.headers), body)
         except TimeoutError:

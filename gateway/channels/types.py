@@ -22,7 +22,9 @@ class TradeState(enum.StrEnum):
     WAITING = "waiting"  # known to the channel, not paid (yet)
     PAID = "paid"
     CLOSED = "closed"  # closed unpaid: by us, or expired at the channel
-    REFUNDED = "refunded"  # paid, then refunded in full
+    # Paid, then refunded in full. A channel that cannot tell a full refund from a partial
+    # one (WeChat's REFUND state) reports PAID; its refund queries tell how much went back.
+    REFUNDED = "refunded"
     NOT_FOUND = "not_found"  # the channel has no such trade (never created, or not yet)
 
 
@@ -110,7 +112,7 @@ class StatementLine:
     out_trade_no: str
     channel_trade_no: str
     amount_fen: int  # positive for both kinds
-    fee_fen: int
+    fee_fen: int  # positive for both kinds: charged on a payment, given back on a refund
     at: datetime
     out_refund_no: str | None = None
 
@@ -130,6 +132,11 @@ class ChannelUnavailable(ChannelError):
     the caller asks again (query) before it repeats anything."""
 
 
+class MalformedAnswer(ChannelUnavailable):
+    """An answer that does not verify (signature, hash) or does not read as the channel's:
+    as good as no answer, so the outcome is unknown."""
+
+
 class ChannelRefused(ChannelError):
     """The channel answered and said no, with its own code."""
 
@@ -142,6 +149,10 @@ class ChannelRefused(ChannelError):
 class BadNotification(ChannelError):
     """Not a notification of this channel: bad signature, bad shape, unknown key. One opaque
     failure for every kind (the sender learns nothing)."""
+
+
+class StatementUnreadable(ChannelError):
+    """The channel's statement is not in its published layout: no line of it is trusted."""
 
 
 class Connector(Protocol):
