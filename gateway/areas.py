@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway import idempotency, wallet
 from gateway.api import access, qr, riders, system
 from gateway.api import taps as taps_routes
+from gateway.api import topups as topups_routes
 from gateway.api import wallet as wallet_routes
 from gateway.area import Area, LedgerCheck
 from gateway.auth import commands as auth_commands
@@ -20,6 +21,7 @@ from gateway.ledger.verify import CHECKS as LEDGER_CHECKS
 from gateway.qr_codes import commands as qr_commands
 from gateway.qr_codes import service as qr_codes
 from gateway.taps import service as taps
+from gateway.topups import service as topups
 
 AREAS: tuple[Area, ...] = (
     Area("platform", (system.routes,), jobs=(idempotency.PURGE_JOB,), ledger_checks=LEDGER_CHECKS),
@@ -29,6 +31,7 @@ AREAS: tuple[Area, ...] = (
     Area("qr_codes", (qr.routes,), qr_codes.setup, qr_commands.register),
     Area("taps", (taps_routes.routes,), taps.setup, ledger_checks=taps.LEDGER_CHECKS),
     Area("channels", (), channels.setup, channel_commands.register),
+    Area("topups", (topups_routes.routes,), topups.setup, jobs=(topups.RECONCILE,)),
 )  # fmt: skip
 
 

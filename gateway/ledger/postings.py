@@ -30,6 +30,11 @@ class TxnKind(enum.StrEnum):
 
     ADJUSTMENT = "adjustment"  # an operator's correction of a wallet (ref adjustment:<id>)
     QR_RIDE = "qr_ride"  # a QR ride's fare (ref qr:<replay key hex>)
+    TOPUP_PAID = "topup_paid"  # channel receivable -> wallet or pending load (ref topup:<id>)
+    TOPUP_REFUND = "topup_refund"  # wallet or pending load -> receivable (ref refund:<id>)
+    TOPUP_REFUND_FAILED = "topup_refund_failed"  # the refund's money back (ref refund:<id>)
+    PARTNER_TOPUP = "partner_topup"  # partner float -> wallet or pending load (ref topup:<id>)
+    PARTNER_FUNDING = "partner_funding"  # suspense -> partner float (ref partner-funding:<id>)
 
 
 class LedgerError(Exception):
