@@ -112,8 +112,8 @@ class WireError(ValueError):
 
 
 # ---------------------------------------------------------------- messages
-class AppConsumeRequest(msgspec.Struct, kw_only=True):
-    """消费 (txnType 01) through the app control: UnionPay answers with a `tn`."""
+class _Request(msgspec.Struct, kw_only=True):
+    """The fields every request to the gateway carries (acp 5.1.0 common fields)."""
 
     version: str
     encoding: str
@@ -122,9 +122,15 @@ class AppConsumeRequest(msgspec.Struct, kw_only=True):
     txnType: str
     txnSubType: str
     bizType: str
-    channelType: str
     accessType: str
     merId: str
+    signature: str | None = None
+
+
+class AppConsumeRequest(_Request, kw_only=True):
+    """消费 (txnType 01) through the app control: UnionPay answers with a `tn`."""
+
+    channelType: str
     orderId: str
     txnTime: str
     txnAmt: str
@@ -132,7 +138,6 @@ class AppConsumeRequest(msgspec.Struct, kw_only=True):
     backUrl: str
     payTimeout: str | None = None
     reqReserved: str | None = None
-    signature: str | None = None
 
 
 class AppConsumeAnswer(msgspec.Struct, kw_only=True):
@@ -144,21 +149,11 @@ class AppConsumeAnswer(msgspec.Struct, kw_only=True):
     tn: str | None = None
 
 
-class QueryRequest(msgspec.Struct, kw_only=True):
+class QueryRequest(_Request, kw_only=True):
     """交易状态查询 (txnType 00) by orderId + txnTime: the key of the queried transaction."""
 
-    version: str
-    encoding: str
-    certId: str
-    signMethod: str
-    txnType: str
-    txnSubType: str
-    bizType: str
-    accessType: str
-    merId: str
     orderId: str
     txnTime: str
-    signature: str | None = None
 
 
 class QueryAnswer(msgspec.Struct, kw_only=True):
@@ -179,27 +174,17 @@ class QueryAnswer(msgspec.Struct, kw_only=True):
     reqReserved: str | None = None
 
 
-class RefundRequest(msgspec.Struct, kw_only=True):
+class RefundRequest(_Request, kw_only=True):
     """退货 (txnType 04): a new transaction with its own orderId, naming the consume by
     `origQryId`; the outcome comes by notification to `backUrl` or by query."""
 
-    version: str
-    encoding: str
-    certId: str
-    signMethod: str
-    txnType: str
-    txnSubType: str
-    bizType: str
     channelType: str
-    accessType: str
-    merId: str
     orderId: str
     txnTime: str
     txnAmt: str
     origQryId: str
     backUrl: str
     reqReserved: str | None = None
-    signature: str | None = None
 
 
 class RefundAnswer(msgspec.Struct, kw_only=True):
@@ -212,22 +197,12 @@ class RefundAnswer(msgspec.Struct, kw_only=True):
     txnAmt: str | None = None
 
 
-class FileRequest(msgspec.Struct, kw_only=True):
+class FileRequest(_Request, kw_only=True):
     """文件传输 (txnType 76): the merchant's files of one settlement date (MMDD)."""
 
-    version: str
-    encoding: str
-    certId: str
-    signMethod: str
-    txnType: str
-    txnSubType: str
-    bizType: str
-    accessType: str
-    merId: str
     settleDate: str
     txnTime: str
     fileType: str
-    signature: str | None = None
 
 
 class FileAnswer(msgspec.Struct, kw_only=True):
