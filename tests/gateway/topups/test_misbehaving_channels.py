@@ -1,0 +1,159 @@
+"""Top-ups when channels misbehave: notifications late, forged, for orders we never made, or
+never coming; queries failing; orders expiring. The order's status stays honest and every paid
+order is credited once."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.channels.types import Channel
+from gateway.config import Config
+from gateway.topups import orders
+from gateway.topups.orders import State
+from tests.gateway import identity_helpers as make
+from tests.gateway.topups.conftest import Sandboxes, free_port, until
+from tests.gateway.topups.test_topups import misbehave, pay, status_of, topup, wallet_fen
+
+ClientT = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def quick_expiry(sandboxes: Sandboxes, config: Config) -> AsyncIterator[ClientT]:
+    """A gateway whose top-ups expire after 2 s unpaid."""
+    port = free_port()
+    app = create_app(
+        config.replace(public_url=f"http://127.0.0.1:{port}", topup_query_after_s=1, topup_ttl_s=2)
+    )
+    client: TestClient[Any, Any] = TestClient(TestServer(app, port=port))
+    await client.start_server()
+    yield client
+    await client.close()
+    for sandbox in sandboxes.states.values():
+        sandbox.behaviours.clear()
+
+
+@pytest.mark.parametrize("channel", [Channel.ALIPAY, Channel.WECHATPAY])
+async def test_an_unpaid_order_is_closed_at_expiry_and_paying_it_then_is_refused(
+    quick_expiry: ClientT, sandboxes: Sandboxes, channel: Channel
+) -> None:
+    rider = await make.rider(quick_expiry)
+    order = await (await topup(quick_expiry, rider, channel, 1000)).json()
+
+    async def closed() -> bool:
+        return await status_of(quick_expiry, rider, order["id"]) == "closed"
+
+    await until(closed, timeout_s=20)
+    with pytest.raises(AssertionError):  # the channel's app refuses an expired, closed order
+        await pay(sandboxes, channel, order["pay"])
+    assert await wallet_fen(quick_expiry, rider) == 0
+
+
+async def test_a_payment_reported_after_the_close_is_still_credited(
+    gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
+) -> None:
+    """The order was closed on our side (the reconciler saw it unpaid at expiry) while the
+    buyer's payment went through at the channel: the late notification is credited, never
+    dropped."""
+    rider = await make.rider(gateway)
+    order = await (await topup(gateway, rider, Channel.WECHATPAY, 3000)).json()
+    async with pool.acquire() as conn, conn.transaction():
+        await orders.move(conn, await orders.lock(conn, order["id"]), State.CLOSED)
+    await misbehave(sandboxes, Channel.WECHATPAY, ["late"], late_s=1)
+    await pay(sandboxes, Channel.WECHATPAY, order["pay"])
+
+    async def credited() -> bool:
+        return await status_of(gateway, rider, order["id"]) == "credited"
+
+    await until(credited)
+    assert await wallet_fen(gateway, rider) == 3000
+
+
+@pytest.mark.parametrize("channel", [Channel.ALIPAY, Channel.UNIONPAY])
+async def test_a_forged_notification_is_refused_and_the_query_finds_the_payment(
+    gateway: ClientT, sandboxes: Sandboxes, channel: Channel
+) -> None:
+    rider = await make.rider(gateway)
+    await misbehave(sandboxes, channel, ["tampered"])
+    order = await (await topup(gateway, rider, channel, 4000)).json()
+    await pay(sandboxes, channel, order["pay"])
+
+    async def credited() -> bool:
+        return await status_of(gateway, rider, order["id"]) == "credited"
+
+    await until(credited, timeout_s=20)
+    assert await wallet_fen(gateway, rider) == 4000
+    metrics = await (await gateway.get("/metrics")).text()
+    assert 'route="/v1/channels/{channel}/notify",status="401"' in metrics
+
+
+async def test_a_notification_for_an_order_we_never_made_is_kept_for_an_operator(
+    gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
+) -> None:
+    rider = await make.rider(gateway)
+    await misbehave(sandboxes, Channel.ALIPAY, ["unknown_order"])
+    order = await (await topup(gateway, rider, Channel.ALIPAY, 2000)).json()
+    await pay(sandboxes, Channel.ALIPAY, order["pay"])
+
+    async def recorded() -> bool:
+        found = await pool.fetchval(
+            "SELECT count(*) FROM channel_exceptions WHERE channel = 'alipay' "
+            "AND kind = 'unknown_order' AND out_trade_no LIKE 'UNKNOWN%'"
+        )
+        return bool(found)
+
+    await until(recorded)
+    # The real order is credited, once, beside it.
+    assert await wallet_fen(gateway, rider) == 2000
+
+
+async def test_queries_that_fail_leave_the_order_paying_until_the_channel_answers(
+    gateway: ClientT, sandboxes: Sandboxes
+) -> None:
+    rider = await make.rider(gateway)
+    await misbehave(sandboxes, Channel.UNIONPAY, ["no_notify"])
+    order = await (await topup(gateway, rider, Channel.UNIONPAY, 2000)).json()
+    await pay(sandboxes, Channel.UNIONPAY, order["pay"])
+    await misbehave(sandboxes, Channel.UNIONPAY, ["no_notify", "error_5xx"], errors=6)
+
+    async def credited() -> bool:
+        return await status_of(gateway, rider, order["id"]) == "credited"
+
+    # While the channel fails its queries the order says `paying`, never `failed`.
+    assert await status_of(gateway, rider, order["id"]) == "paying"
+    await until(credited, timeout_s=30)
+    assert await wallet_fen(gateway, rider) == 2000
+
+
+async def test_one_payment_reported_by_notification_and_query_at_once_credits_once(
+    gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
+) -> None:
+    riders = [await make.rider(gateway) for _ in range(5)]
+    created = [
+        await (await topup(gateway, r, Channel.WECHATPAY, 1000, key=secrets.token_hex(8))).json()
+        for r in riders
+    ]
+    await misbehave(sandboxes, Channel.WECHATPAY, ["duplicate", "late"], late_s=1.5)
+    for order in created:
+        await pay(sandboxes, Channel.WECHATPAY, order["pay"])
+
+    async def all_credited() -> bool:
+        states = [
+            await status_of(gateway, r, o["id"]) for r, o in zip(riders, created, strict=True)
+        ]
+        return states == ["credited"] * len(created)
+
+    await until(all_credited, timeout_s=20)
+    for rider in riders:
+        assert await wallet_fen(gateway, rider) == 1000
+    refs = [f"topup:{o['id']}" for o in created]
+    count = await pool.fetchval(
+        "SELECT count(*) FROM ledger_txns WHERE kind = 'topup_paid' AND ref = ANY($1)", refs
+    )
+    assert count == len(created)
