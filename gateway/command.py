@@ -34,10 +34,12 @@ def services(config: Config) -> Iterator[Config]:
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when the `speed` extra is installed, on asyncio's own loop otherwise."""
     with contextlib.suppress(ImportError):
-        import uvloop
+        import uvloop  # optional: typed as Any where it is not installed
 
-        return uvloop.run(coroutine)
+        result: T = uvloop.run(coroutine)
+        return result
     return asyncio.run(coroutine)
 
 
