@@ -42,6 +42,17 @@ async def test_workers_share_the_port_and_stop_together(config: Config) -> None:
                 *(session.get(f"http://127.0.0.1:{port}/readyz") for _ in range(50))
             )
             assert {response.status for response in statuses} == {200}
+        # Whichever worker answers a scrape, it counts every worker's requests (each request
+        # on a fresh connection, so both workers served some).
+        line = 'onecard_http_requests_total{method="GET",route="/readyz",status="200"}'
+        counts = set()
+        for _ in range(6):
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    text = await response.text()
+            found = [row for row in text.splitlines() if row.startswith(line)]
+            counts.add(int(found[0].split()[-1]))
+        assert counts == {50}, counts  # not one worker's share: every scrape says all 50
         parent.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(parent.wait, 30) == 0
         deadline = time.monotonic() + 10
