@@ -75,7 +75,10 @@ async def test_a_payment_reported_after_the_close_is_still_credited(
     assert await wallet_fen(gateway, rider) == 3000
 
 
-@pytest.mark.parametrize("channel", [Channel.ALIPAY, Channel.UNIONPAY])
+ALL = [Channel.ALIPAY, Channel.WECHATPAY, Channel.UNIONPAY]
+
+
+@pytest.mark.parametrize("channel", ALL)
 async def test_a_forged_notification_is_refused_and_the_query_finds_the_payment(
     gateway: ClientT, sandboxes: Sandboxes, channel: Channel
 ) -> None:
@@ -93,18 +96,20 @@ async def test_a_forged_notification_is_refused_and_the_query_finds_the_payment(
     assert 'route="/v1/channels/{channel}/notify",status="401"' in metrics
 
 
+@pytest.mark.parametrize("channel", ALL)
 async def test_a_notification_for_an_order_we_never_made_is_kept_for_an_operator(
-    gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
+    gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool, channel: Channel
 ) -> None:
     rider = await make.rider(gateway)
-    await misbehave(sandboxes, Channel.ALIPAY, ["unknown_order"])
-    order = await (await topup(gateway, rider, Channel.ALIPAY, 2000)).json()
-    await pay(sandboxes, Channel.ALIPAY, order["pay"])
+    await misbehave(sandboxes, channel, ["unknown_order"])
+    order = await (await topup(gateway, rider, channel, 2000)).json()
+    await pay(sandboxes, channel, order["pay"])
 
     async def recorded() -> bool:
         found = await pool.fetchval(
-            "SELECT count(*) FROM channel_exceptions WHERE channel = 'alipay' "
-            "AND kind = 'unknown_order' AND out_trade_no LIKE 'UNKNOWN%'"
+            "SELECT count(*) FROM channel_exceptions WHERE channel = $1 "
+            "AND kind = 'unknown_order' AND out_trade_no LIKE 'UNKNOWN%'",
+            channel.value,
         )
         return bool(found)
 
@@ -157,3 +162,83 @@ async def test_one_payment_reported_by_notification_and_query_at_once_credits_on
         "SELECT count(*) FROM ledger_txns WHERE kind = 'topup_paid' AND ref = ANY($1)", refs
     )
     assert count == len(created)
+
+
+@pytest.mark.parametrize("channel", ALL)
+async def test_a_wrong_amount_is_flagged_and_never_credited(
+    gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool, channel: Channel
+) -> None:
+    rider = await make.rider(gateway)
+    order = await (await topup(gateway, rider, channel, 5000)).json()
+    await misbehave(sandboxes, channel, ["wrong_amount"])
+    await pay(sandboxes, channel, order["pay"])
+
+    async def flagged() -> bool:
+        found = await pool.fetchval("SELECT flag FROM topup_orders WHERE id = $1", order["id"])
+        return found == "amount_differs"
+
+    await until(flagged)
+    assert await status_of(gateway, rider, order["id"]) == "paying"
+    assert await wallet_fen(gateway, rider) == 0
+
+
+@pytest.mark.parametrize("channel", ALL)
+async def test_a_late_notification_is_credited_once(
+    gateway: ClientT, sandboxes: Sandboxes, channel: Channel
+) -> None:
+    rider = await make.rider(gateway)
+    await misbehave(sandboxes, channel, ["late", "duplicate"], late_s=2)
+    order = await (await topup(gateway, rider, channel, 3000)).json()
+    await pay(sandboxes, channel, order["pay"])
+
+    async def credited() -> bool:
+        return await status_of(gateway, rider, order["id"]) == "credited"
+
+    await until(credited)
+    await until(lambda: _quiet(sandboxes, channel))
+    assert await wallet_fen(gateway, rider) == 3000
+
+
+async def _quiet(sandboxes: Sandboxes, channel: Channel) -> bool:
+    return not sandboxes.states[channel]._sending
+
+
+@pytest.fixture
+async def impatient(sandboxes: Sandboxes, config: Config) -> AsyncIterator[ClientT]:
+    """A gateway that waits 500 ms for a channel, once."""
+    port = free_port()
+    app = create_app(
+        config.replace(
+            public_url=f"http://127.0.0.1:{port}", topup_query_after_s=1,
+            channel_timeout_ms=500, channel_retries_max=1,
+        )
+    )  # fmt: skip
+    client: TestClient[Any, Any] = TestClient(TestServer(app, port=port))
+    await client.start_server()
+    yield client
+    await client.close()
+    for sandbox in sandboxes.states.values():
+        sandbox.behaviours.clear()
+
+
+@pytest.mark.parametrize("channel", [Channel.WECHATPAY, Channel.UNIONPAY])
+async def test_a_channel_that_times_out_at_create_is_503_and_the_retry_asks_first(
+    impatient: ClientT, sandboxes: Sandboxes, channel: Channel
+) -> None:
+    rider = await make.rider(impatient)
+    await misbehave(sandboxes, channel, ["slow"], slow_ms=1500)
+    key = secrets.token_hex(8)
+    failed = await topup(impatient, rider, channel, 2000, key=key)
+    assert failed.status == 503
+    assert (await failed.json())["error"]["code"] == "payment_channel_unavailable"
+    sandboxes.states[channel].behaviours.clear()
+    retried = await topup(impatient, rider, channel, 2000, key=key)
+    assert retried.status == 201, await retried.text()
+    order = await retried.json()
+    await pay(sandboxes, channel, order["pay"])
+
+    async def credited() -> bool:
+        return await status_of(impatient, rider, order["id"]) == "credited"
+
+    await until(credited)
+    assert await wallet_fen(impatient, rider) == 2000
