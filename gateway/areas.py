@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway import idempotency, wallet
 from gateway.api import access, qr, riders, system
+from gateway.api import partners as partner_routes
 from gateway.api import taps as taps_routes
 from gateway.api import topups as topups_routes
 from gateway.api import wallet as wallet_routes
@@ -21,7 +22,9 @@ from gateway.ledger.verify import CHECKS as LEDGER_CHECKS
 from gateway.qr_codes import commands as qr_commands
 from gateway.qr_codes import service as qr_codes
 from gateway.taps import service as taps
+from gateway.topups import checks as topup_checks
 from gateway.topups import service as topups
+from gateway.webhooks import service as webhooks
 
 AREAS: tuple[Area, ...] = (
     Area("platform", (system.routes,), jobs=(idempotency.PURGE_JOB,), ledger_checks=LEDGER_CHECKS),
@@ -31,7 +34,9 @@ AREAS: tuple[Area, ...] = (
     Area("qr_codes", (qr.routes,), qr_codes.setup, qr_commands.register),
     Area("taps", (taps_routes.routes,), taps.setup, ledger_checks=taps.LEDGER_CHECKS),
     Area("channels", (), channels.setup, channel_commands.register),
-    Area("topups", (topups_routes.routes,), topups.setup, jobs=(topups.RECONCILE,)),
+    Area("topups", (topups_routes.routes, partner_routes.routes), topups.setup,
+         jobs=(topups.RECONCILE,), ledger_checks=topup_checks.LEDGER_CHECKS),
+    Area("webhooks", (partner_routes.webhook_routes,), webhooks.setup, jobs=webhooks.JOBS),
 )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ with that message. Nothing else in the gateway reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -78,6 +79,11 @@ class Config:
     topup_amount_step_fen: int = 100
     topup_ttl_s: int = 15 * 60
     topup_query_after_s: int = 30
+    webhook_allowed_hosts: str = ""
+    webhook_ca_file: str = ""
+    webhook_timeout_ms: int = 5_000
+    webhook_retry_first_s: int = 10
+    webhook_retry_window_s: int = 24 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -113,6 +119,20 @@ class Config:
             raise ConfigError("ONECARD_TOPUP_AMOUNT_MIN_FEN must not exceed the maximum")
         if self.idempotency_lease_s >= self.idempotency_ttl_s:
             raise ConfigError("ONECARD_IDEMPOTENCY_LEASE_S must be shorter than the TTL")
+        self._validate_webhooks()
+
+    def _validate_webhooks(self) -> None:
+        for item in allowed_networks_text(self.webhook_allowed_hosts):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"ONECARD_WEBHOOK_ALLOWED_HOSTS: {item!r} is not an IP address or CIDR"
+                ) from None
+        if self.webhook_ca_file and not Path(self.webhook_ca_file).is_file():
+            raise ConfigError(f"ONECARD_WEBHOOK_CA_FILE: no file {self.webhook_ca_file}")
+        if self.webhook_retry_first_s >= self.webhook_retry_window_s:
+            raise ConfigError("ONECARD_WEBHOOK_RETRY_FIRST_S must be shorter than the window")
 
     def replace(self, **changes: Any) -> Config:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -120,6 +140,11 @@ class Config:
         config = Config(**values)
         config.validate()
         return config
+
+
+def allowed_networks_text(value: str) -> list[str]:
+    """The items of ONECARD_WEBHOOK_ALLOWED_HOSTS: comma-separated, blanks ignored."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def env_name(field_name: str) -> str:
@@ -218,5 +243,13 @@ HELP: dict[str, str] = {
     "topup_amount_step_fen": "top-ups are whole multiples of this",
     "topup_ttl_s": "how long a rider has to pay a top-up before it is closed",
     "topup_query_after_s": "how long to wait for a channel's notification before asking",
+    "webhook_allowed_hosts": "IPs or CIDRs, comma-separated, that webhook URLs may resolve to "
+    "although they are loopback, private, link-local or metadata addresses",
+    "webhook_ca_file": "a PEM file of extra CA certificates webhook deliveries trust "
+    "(beside the system's)",
+    "webhook_timeout_ms": "how long one webhook delivery may take",
+    "webhook_retry_first_s": "the first retry of a failed webhook delivery waits this long; "
+    "each next one twice as long (at most an hour)",
+    "webhook_retry_window_s": "how long after an event its webhook is retried before giving up",
 }
 assert set(HELP) == {f.name for f in fields(Config)}, "every setting needs its help line"

@@ -149,3 +149,11 @@ TOPUP_NOT_REFUNDABLE = define(
 PARTNER_FLOAT_INSUFFICIENT = define(
     "partner_float_insufficient", 422, "The partner's prepaid float cannot pay this top-up."
 )
+
+# --- partners and webhooks ----------------------------------------------------------------
+WEBHOOK_URL_REFUSED = define(
+    "webhook_url_refused", 400, "This webhook URL is not allowed; see the reason in the details."
+)
+WEBHOOK_LIMIT_REACHED = define(
+    "webhook_limit_reached", 422, "This partner already has as many webhook endpoints as allowed."
+)

@@ -8,6 +8,7 @@ stdout only, and never logged.
 from __future__ import annotations
 
 import argparse
+import getpass
 import re
 import time
 from datetime import timedelta
@@ -19,6 +20,7 @@ from gateway.auth import partners, service, terminals, tokens
 from gateway.command import SubParsers, Tools, run_with_tools
 from gateway.config import Config, ConfigError
 from gateway.keystore import KeyKind
+from gateway.topups import partners as partner_topups
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -42,6 +44,16 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError("a positive whole number")
     return int(text)
+
+
+FUNDING_FEN_MAX = 10**12  # ten billion yuan: a typo, not a funding
+
+
+def _amount_fen(text: str) -> int:
+    amount = _positive(text)
+    if amount > FUNDING_FEN_MAX:
+        raise argparse.ArgumentTypeError(f"at most {FUNDING_FEN_MAX} fen")
+    return amount
 
 
 def cmd_partners_create(args: argparse.Namespace, config: Config) -> int:
@@ -87,6 +99,37 @@ def cmd_partners_set_limit(args: argparse.Namespace, config: Config) -> int:
         return 1
     limit = f"{args.per_s}/s, burst {args.burst}" if args.per_s else "the default for partners"
     print(f"partner {args.key_id}: {limit} (running gateways apply it within a minute)")
+    return 0
+
+
+def _operator_of(args: argparse.Namespace) -> str:
+    if args.operator:
+        return str(args.operator)
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no user name in the environment or the password database
+        raise ConfigError("cannot tell who you are: pass --operator NAME") from None
+
+
+def cmd_partners_fund(args: argparse.Namespace, config: Config) -> int:
+    operator = _operator_of(args)
+    if len(args.memo) > partner_topups.MEMO_CHARS_MAX:
+        raise ConfigError(f"--memo is longer than {partner_topups.MEMO_CHARS_MAX} characters")
+
+    async def work(t: Tools) -> partner_topups.Funded:
+        async with t.conn.transaction():
+            return await partner_topups.fund(
+                t.conn, args.key_id, args.amount_fen, operator, args.memo
+            )
+
+    try:
+        funded = run_with_tools(config, work)
+    except LookupError:
+        print(f"no partner with key id {args.key_id}")
+        return 1
+    print(f"funded {args.key_id} with {args.amount_fen} fen by {operator} "
+          f"(funding {funded.funding_id}, ledger txn {funded.txn_id})")  # fmt: skip
+    print(f"float balance: {funded.balance_fen} fen")
     return 0
 
 
@@ -170,6 +213,13 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     limit.add_argument("--per-s", type=_positive, help="requests per second")
     limit.add_argument("--burst", type=_positive, help="bucket size")
     limit.set_defaults(command=cmd_partners_set_limit)
+
+    fund = group.add_parser("fund", help="put money into a partner's prepaid float")
+    fund.add_argument("key_id")
+    fund.add_argument("--amount-fen", type=_amount_fen, required=True, help="how much, in fen")
+    fund.add_argument("--memo", default="", help="what it is for: the bank transfer's reference")
+    fund.add_argument("--operator", type=_operator_name, help="who funds it (default: your user)")
+    fund.set_defaults(command=cmd_partners_fund)
 
     group = sub.add_parser("riders", help="rider accounts").add_subparsers(required=True)
     for action in ("disable", "enable"):

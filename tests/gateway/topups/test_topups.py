@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.channels.types import Channel
 from gateway.config import Config
+from gateway.ledger import AccountKind, Leg, TxnKind, open_account, post
+from gateway.topups.checks import orders_match_txns
 from hce.apdu import IssuerInfo
 from tests.gateway import identity_helpers as make
 from tests.gateway.topups.conftest import Sandboxes, until
@@ -302,3 +304,25 @@ async def test_other_riders_see_nothing(gateway: ClientT, sandboxes: Sandboxes) 
         headers={**other.auth, "Idempotency-Key": secrets.token_hex(8)},
     )  # fmt: skip
     assert refund.status == 404
+
+
+async def test_ledger_verify_catches_a_payment_txn_for_an_unpaid_order(
+    gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
+) -> None:
+    rider = await make.rider(gateway)
+    order = await (await topup(gateway, rider, Channel.ALIPAY, 5000)).json()
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            assert await orders_match_txns(conn) == []
+            wallet = await open_account(conn, AccountKind.RIDER_WALLET, str(rider.id))
+            receivable = await open_account(conn, AccountKind.CHANNEL_RECEIVABLE, "alipay")
+            await post(
+                conn, TxnKind.TOPUP_PAID, [Leg(receivable, -5000), Leg(wallet, 5000)],
+                ref=f"topup:{order['id']}",
+            )  # fmt: skip
+            problems = await orders_match_txns(conn)
+            assert any(p.startswith(f"top-up {order['id']} (paying") for p in problems), problems
+        finally:
+            await transaction.rollback()

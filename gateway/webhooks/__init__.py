@@ -1,0 +1,1 @@
+"""Partner webhooks: endpoints, the outbox written beside each state change, and delivery."""
