@@ -16,9 +16,10 @@ from typing import Any
 
 import asyncpg
 
-from gateway import db
+from gateway import db, errors
 from gateway.channels.types import TradeStatus
 from gateway.ledger import AccountKind, Leg, TxnKind, open_account, post
+from gateway.topups import cards
 
 
 class State(enum.StrEnum):
@@ -167,6 +168,23 @@ async def reserved_fen(conn: asyncpg.Connection, card_asn: str) -> int:
         card_asn,
     )
     return total
+
+
+async def reserve_card_room(conn: asyncpg.Connection, asn: str, amount_fen: int) -> None:
+    """422 `card_balance_ceiling` before anything is charged when the card cannot take it: its
+    last known chip balance, what orders for it will or may still load, and this amount above
+    its ceiling. Locks the card's row, so concurrent top-ups of one card are judged in turn."""
+    db.assert_in_transaction(conn)
+    await conn.execute("SELECT 1 FROM cards WHERE asn = $1 FOR UPDATE", asn)
+    card = await cards.find(conn, asn)
+    assert card is not None, "the caller found the card"
+    reserved = await reserved_fen(conn, asn)
+    room = max(0, card.balance_max_fen - card.chip_balance_fen - reserved)
+    if amount_fen > room:
+        raise errors.CARD_BALANCE_CEILING.error(
+            room_fen=room, balance_max_fen=card.balance_max_fen,
+            chip_balance_fen=card.chip_balance_fen, pending_fen=reserved,
+        )  # fmt: skip
 
 
 # Due open orders, claimed by pushing their next check out: N workers never ask twice at once.

@@ -170,13 +170,7 @@ async def _card_with_room(conn: asyncpg.Connection, asn: str, amount_fen: int) -
     card = await cards.find(conn, asn)
     if card is None or card.status != "active" or card.rider_id is None:
         return None
-    reserved = await orders.reserved_fen(conn, asn)
-    room = max(0, card.balance_max_fen - card.chip_balance_fen - reserved)
-    if amount_fen > room:
-        raise errors.CARD_BALANCE_CEILING.error(
-            room_fen=room, balance_max_fen=card.balance_max_fen,
-            chip_balance_fen=card.chip_balance_fen, pending_fen=reserved,
-        )  # fmt: skip
+    await orders.reserve_card_room(conn, asn, amount_fen)
     pending = await open_account(conn, AccountKind.PENDING_LOAD, asn)
     return _Target(card.rider_id, None, asn, pending)
 

@@ -158,7 +158,8 @@ class Topups:
         amount_fen: int,
     ) -> SavedOrder:  # fmt: skip
         if card_asn is not None:
-            await self._reserve_card(conn, rider_id, card_asn, amount_fen)
+            await cards.owned(conn, rider_id, card_asn)  # 404 for anyone else's card
+            await orders.reserve_card_room(conn, card_asn, amount_fen)
         now = datetime.now(UTC)
         order = await orders.insert(
             conn, source="rider", rider_id=rider_id, channel=channel.value, partner_key_id=None,
@@ -169,21 +170,6 @@ class Topups:
         return SavedOrder(
             order.id, order.out_trade_no, order.amount_fen, order.expires_at, order.created_at
         )
-
-    async def _reserve_card(
-        self, conn: asyncpg.Connection, rider_id: int, asn: str, amount_fen: int
-    ) -> None:
-        """422 `card_balance_ceiling` before anything is charged when the card cannot take it:
-        its last known chip balance, the loads still pending and this one above its ceiling."""
-        await conn.execute("SELECT 1 FROM cards WHERE asn = $1 FOR UPDATE", asn)
-        card = await cards.owned(conn, rider_id, asn)
-        reserved = await orders.reserved_fen(conn, asn)
-        room = max(0, card.balance_max_fen - card.chip_balance_fen - reserved)
-        if amount_fen > room:
-            raise errors.CARD_BALANCE_CEILING.error(
-                room_fen=room, balance_max_fen=card.balance_max_fen,
-                chip_balance_fen=card.chip_balance_fen, pending_fen=reserved,
-            )  # fmt: skip
 
     async def _order_state(self, order_id: int) -> State:
         order = await orders.get(self.pool, order_id)

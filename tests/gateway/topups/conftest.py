@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,17 +64,37 @@ async def sandboxes(
         await server.close()
 
 
+GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
 @pytest.fixture
-async def gateway(sandboxes: Sandboxes, config: Config) -> AsyncIterator[TestClient[Any, Any]]:
-    """The gateway on a port known in advance, so channels can notify it; jobs run fast."""
-    port = free_port()
-    app = create_app(config.replace(public_url=f"http://127.0.0.1:{port}", topup_query_after_s=1))
-    client: TestClient[Any, Any] = TestClient(TestServer(app, port=port))
-    await client.start_server()
-    yield client
-    await client.close()
+async def make_gateway(sandboxes: Sandboxes, config: Config) -> AsyncIterator[GatewayFactory]:
+    """`await make_gateway(**settings)`: the gateway on a port known in advance, so channels can
+    notify it, its jobs quick; the sandboxes behave again afterwards."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(**changes: Any) -> TestClient[Any, Any]:
+        port = free_port()
+        app = create_app(
+            config.replace(
+                **{"public_url": f"http://127.0.0.1:{port}", "topup_query_after_s": 1, **changes}
+            )
+        )
+        client: TestClient[Any, Any] = TestClient(TestServer(app, port=port))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
     for sandbox in sandboxes.states.values():
         sandbox.behaviours.clear()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
+    return await make_gateway()
 
 
 POLL_S = 0.05

@@ -5,38 +5,26 @@ order is credited once."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
 from gateway.channels.types import Channel
-from gateway.config import Config
 from gateway.topups import orders
 from gateway.topups.orders import State
 from tests.gateway import identity_helpers as make
-from tests.gateway.topups.conftest import Sandboxes, free_port, until
+from tests.gateway.topups.conftest import GatewayFactory, Sandboxes, until
 from tests.gateway.topups.test_topups import misbehave, pay, status_of, topup, wallet_fen
 
 ClientT = TestClient[Any, Any]
 
 
 @pytest.fixture
-async def quick_expiry(sandboxes: Sandboxes, config: Config) -> AsyncIterator[ClientT]:
+async def quick_expiry(make_gateway: GatewayFactory) -> ClientT:
     """A gateway whose top-ups expire after 2 s unpaid."""
-    port = free_port()
-    app = create_app(
-        config.replace(public_url=f"http://127.0.0.1:{port}", topup_query_after_s=1, topup_ttl_s=2)
-    )
-    client: TestClient[Any, Any] = TestClient(TestServer(app, port=port))
-    await client.start_server()
-    yield client
-    await client.close()
-    for sandbox in sandboxes.states.values():
-        sandbox.behaviours.clear()
+    return await make_gateway(topup_ttl_s=2)
 
 
 @pytest.mark.parametrize("channel", [Channel.ALIPAY, Channel.WECHATPAY])
@@ -204,21 +192,9 @@ async def _quiet(sandboxes: Sandboxes, channel: Channel) -> bool:
 
 
 @pytest.fixture
-async def impatient(sandboxes: Sandboxes, config: Config) -> AsyncIterator[ClientT]:
-    """A gateway that waits 500 ms for a channel, once."""
-    port = free_port()
-    app = create_app(
-        config.replace(
-            public_url=f"http://127.0.0.1:{port}", topup_query_after_s=1,
-            channel_timeout_ms=500, channel_retries_max=1,
-        )
-    )  # fmt: skip
-    client: TestClient[Any, Any] = TestClient(TestServer(app, port=port))
-    await client.start_server()
-    yield client
-    await client.close()
-    for sandbox in sandboxes.states.values():
-        sandbox.behaviours.clear()
+async def impatient(make_gateway: GatewayFactory) -> ClientT:
+    """A gateway that waits 500 ms for a channel, and retries once."""
+    return await make_gateway(channel_timeout_ms=500, channel_retries_max=1)
 
 
 @pytest.mark.parametrize("channel", [Channel.WECHATPAY, Channel.UNIONPAY])
