@@ -81,6 +81,14 @@ class SavedPayment(msgspec.Struct):
 
 
 @dataclass(frozen=True)
+class NoPayment:
+    """Why the channel made no payment for an order: it closed meanwhile (expired), or the
+    channel refused, with the channel's code."""
+
+    refused_code: str | None = None
+
+
+@dataclass(frozen=True)
 class Created:
     order: SavedOrder
     payment: SavedPayment
@@ -120,17 +128,17 @@ class Topups:
             saved.expires_at,
         )  # fmt: skip
 
-        async def create_payment() -> AppPayment | str:
+        async def create_payment() -> AppPayment | NoPayment:
             if await self._order_state(saved.id) is not State.CREATED:
-                return "closed"  # expired and closed meanwhile: no payment is made for it
+                return NoPayment()  # expired and closed meanwhile: no payment is made for it
             try:
                 return await connector.create_payment(payment_order)
             except ChannelRefused as exc:
-                return f"refused:{exc.code}"
+                return NoPayment(exc.code)
             except ChannelUnavailable:
                 raise errors.PAYMENT_CHANNEL_UNAVAILABLE.error() from None
 
-        async def query_payment() -> AppPayment | str | None:
+        async def query_payment() -> AppPayment | NoPayment | None:
             try:
                 status = await connector.query(saved.out_trade_no)
             except ChannelUnavailable:
@@ -177,13 +185,13 @@ class Topups:
         return order.state
 
     async def _payment_created(
-        self, conn: asyncpg.Connection, order_id: int, answer: AppPayment | str
+        self, conn: asyncpg.Connection, order_id: int, answer: AppPayment | NoPayment
     ) -> SavedPayment:
         order = await orders.lock(conn, order_id)
-        if isinstance(answer, str):
-            if answer.startswith("refused:") and order.state is State.CREATED:
+        if isinstance(answer, NoPayment):
+            if answer.refused_code is not None and order.state is State.CREATED:
                 order = await orders.move(conn, order, State.FAILED)
-                return SavedPayment(order.state.value, {}, answer.removeprefix("refused:"))
+                return SavedPayment(order.state.value, {}, answer.refused_code)
             return SavedPayment(order.state.value, {})
         if order.state is State.CREATED:
             order = await orders.move(conn, order, State.PAYING, pay_params=answer.params)
