@@ -59,8 +59,8 @@ class Config:
     rate_terminal_burst: int = 200
     rate_admin_per_s: int = 50
     rate_admin_burst: int = 100
-    rate_channel_per_s: int = 200
-    rate_channel_burst: int = 1000
+    rate_channel_per_s: int = 1000
+    rate_channel_burst: int = 5000
     rate_public_per_s: int = 5
     rate_public_burst: int = 30
     qr_certificate_ttl_s: int = 24 * 3600
