@@ -140,10 +140,15 @@ class AppConsumeRequest(_Request, kw_only=True):
     reqReserved: str | None = None
 
 
-class AppConsumeAnswer(msgspec.Struct, kw_only=True):
+class _Answer(msgspec.Struct, kw_only=True):
+    """What every synchronous answer carries: the outcome code and message, the merchant."""
+
     respCode: str
     respMsg: str = ""
     merId: str = ""
+
+
+class AppConsumeAnswer(_Answer, kw_only=True):
     orderId: str = ""
     txnTime: str = ""
     tn: str | None = None
@@ -156,10 +161,7 @@ class QueryRequest(_Request, kw_only=True):
     txnTime: str
 
 
-class QueryAnswer(msgspec.Struct, kw_only=True):
-    respCode: str
-    respMsg: str = ""
-    merId: str = ""
+class QueryAnswer(_Answer, kw_only=True):
     orderId: str = ""
     txnTime: str = ""
     origRespCode: str | None = None
@@ -187,10 +189,7 @@ class RefundRequest(_Request, kw_only=True):
     reqReserved: str | None = None
 
 
-class RefundAnswer(msgspec.Struct, kw_only=True):
-    respCode: str
-    respMsg: str = ""
-    merId: str = ""
+class RefundAnswer(_Answer, kw_only=True):
     orderId: str = ""
     queryId: str | None = None
     origQryId: str | None = None
@@ -205,10 +204,7 @@ class FileRequest(_Request, kw_only=True):
     fileType: str
 
 
-class FileAnswer(msgspec.Struct, kw_only=True):
-    respCode: str
-    respMsg: str = ""
-    merId: str = ""
+class FileAnswer(_Answer, kw_only=True):
     settleDate: str = ""
     fileName: str | None = None
     fileContent: str | None = None  # base64 of the zlib-deflated zip
