@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from gateway.channels.codec import signature_bytes
 from gateway.channels.money import InexactAmount, fen_to_yuan, yuan_to_fen
 from gateway.channels.types import (
     Anomaly,
@@ -110,7 +111,7 @@ def rsa2_sign(key: rsa.RSAPrivateKey, text: str) -> str:
 def rsa2_verify(key: rsa.RSAPublicKey, text: str, signature: str) -> bool:
     """Whether `signature` (base64) is `key`'s SHA256withRSA over `text`; never raises."""
     try:
-        raw = base64.b64decode(signature, validate=True)
+        raw = signature_bytes(signature)
         key.verify(raw, text.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256())
     except (ValueError, InvalidSignature):  # binascii.Error is a ValueError
         return False

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from gateway.channels.codec import signature_bytes
 from gateway.channels.money import InexactAmount, fen_from_text
 from gateway.channels.types import (
     Anomaly,
@@ -332,7 +333,7 @@ def sign(fields: Mapping[str, str], key: rsa.RSAPrivateKey) -> dict[str, str]:
 
 def signature_valid(fields: Mapping[str, str], key: rsa.RSAPublicKey) -> bool:
     try:
-        signature = base64.b64decode(fields.get("signature", ""), validate=True)
+        signature = signature_bytes(fields.get("signature", ""))
         key.verify(signature, _digest_hex(fields), padding.PKCS1v15(), hashes.SHA256())
     except (binascii.Error, ValueError, InvalidSignature):
         return False

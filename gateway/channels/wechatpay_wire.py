@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 
+from gateway.channels.codec import signature_bytes
 from gateway.channels.money import InexactAmount, fen_from_text, fen_to_yuan, yuan_to_fen
 from gateway.channels.types import (
     Anomaly,
@@ -264,7 +265,7 @@ def sign(key: RSAPrivateKey, message: bytes) -> str:
 def verify(key: RSAPublicKey, message: bytes, signature: str) -> bool:
     """SHA256withRSA, PKCS#1 v1.5 (pinned: nothing in the message picks the algorithm)."""
     try:
-        raw = base64.b64decode(signature, validate=True)
+        raw = signature_bytes(signature)
         key.verify(raw, message, PKCS1v15(), SHA256())
     except (binascii.Error, ValueError, InvalidSignature):
         return False
