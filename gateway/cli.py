@@ -37,7 +37,6 @@ from gateway.metrics import shared_directory
 log = logging.getLogger("onecard")
 
 WORKER_STOP_TIMEOUT_S = 15
-PARENT_CHECK_S = 1.0
 
 
 # --------------------------------------------------------------------------- serve
@@ -58,9 +57,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
                 )
 
 
-async def _serve(
-    config: Config, reuse_port: bool, jobs: bool, supervisor: int | None = None
-) -> None:
+async def _serve(config: Config, reuse_port: bool, jobs: bool) -> None:
     app = create_app(config, jobs=jobs)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -68,32 +65,17 @@ async def _serve(
     await site.start()
     log.info("listening", extra={"url": f"http://{config.host}:{config.port}", "pid": os.getpid(),
                                  "jobs": jobs})  # fmt: skip
-    await _until_stopped(supervisor)
+    await _until_stopped()
     log.info("stopping", extra={"pid": os.getpid()})
     await runner.cleanup()
 
 
-async def _until_stopped(supervisor: int | None = None) -> None:
-    """Until SIGINT or SIGTERM; for a worker of `serve --workers N` (`supervisor` is its pid)
-    also until the supervisor is gone: killed outright, it could not stop its workers, so they
-    stop themselves."""
+async def _until_stopped() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    watcher = None if supervisor is None else asyncio.create_task(_watch_parent(supervisor, stop))
     await stop.wait()
-    if watcher is not None:
-        watcher.cancel()
-
-
-async def _watch_parent(supervisor: int, stop: asyncio.Event) -> None:
-    # A poll: the kernel tells a child its parent died only by re-parenting it. Compared with
-    # the pid seen when the worker started, so a supervisor killed during start-up counts too.
-    while os.getppid() == supervisor:  # noqa: ASYNC110 - nothing to wait on but the pid
-        await asyncio.sleep(PARENT_CHECK_S)
-    log.warning("the supervisor is gone; stopping", extra={"pid": os.getpid()})
-    stop.set()
 
 
 def _supervise(config: Config, workers: int, jobs: bool) -> int:
@@ -135,8 +117,7 @@ def _supervise(config: Config, workers: int, jobs: bool) -> int:
 
 
 def cmd_serve_worker(args: argparse.Namespace, config: Config) -> int:
-    supervisor = os.getppid()  # before anything: the supervisor may die while we start
-    run_async(_serve(config, reuse_port=True, jobs=not args.no_jobs, supervisor=supervisor))
+    run_async(_serve(config, reuse_port=True, jobs=not args.no_jobs))
     return 0
 
 

@@ -68,30 +68,3 @@ async def test_workers_share_the_port_and_stop_together(config: Config) -> None:
         for worker in workers:
             if worker.is_running():
                 worker.kill()
-
-
-async def test_workers_stop_when_their_supervisor_is_killed(config: Config) -> None:
-    port = free_port()
-    env = dict(
-        os.environ, DATABASE_URL=config.database_url, REDIS_URL=config.redis_url,
-        ONECARD_KEK=config.kek, ONECARD_REDIS_PREFIX=config.redis_prefix,
-        ONECARD_PORT=str(port), ONECARD_ACCESS_LOG="false",
-    )  # fmt: skip
-    parent = start_serve(env, workers=2)
-    workers: list[psutil.Process] = []
-    try:
-        await wait_until_up(port)
-        workers = psutil.Process(parent.pid).children()
-        assert len(workers) == 2
-        parent.kill()  # kill -9: it cannot stop its workers
-        await asyncio.to_thread(parent.wait, 10)
-        deadline = time.monotonic() + 15
-        while any(
-            worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers
-        ):
-            assert time.monotonic() < deadline, "a worker outlived its killed supervisor"
-            await asyncio.sleep(0.1)
-    finally:
-        for worker in workers:
-            if worker.is_running():
-                worker.kill()
