@@ -47,19 +47,26 @@ def server_urls() -> Iterator[tuple[str, str]]:
         yield urls
 
 
-@pytest.fixture(scope="session")
-async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
-    admin_dsn = server_urls[0]
-    name = f"onecard_test_{secrets.token_hex(6)}"
+@contextlib.asynccontextmanager
+async def scratch_database(admin_dsn: str, prefix: str, migrated: bool) -> AsyncIterator[str]:
+    """A fresh database (migrated when asked), dropped afterwards; its URL."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     dsn = with_database(admin_dsn, name)
     try:
-        await db.migrate(dsn)
+        if migrated:
+            await db.migrate(dsn)
         yield dsn
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    async with scratch_database(server_urls[0], "onecard_test", migrated=True) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

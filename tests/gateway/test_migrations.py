@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,19 +13,13 @@ import asyncpg
 import pytest
 
 from gateway import db
-from tests.gateway.conftest import with_database
+from tests.gateway.conftest import scratch_database
 
 
 @pytest.fixture
 async def empty_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
-    admin = await asyncpg.connect(server_urls[0])
-    name = f"onecard_mig_{secrets.token_hex(5)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(server_urls[0], name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(server_urls[0], "onecard_mig", migrated=False) as dsn:
+        yield dsn
 
 
 def write(folder: Path, name: str, sql: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -33,7 +32,7 @@ from qr.format import encode_text
 from qr.phone import Phone, generate_device_key
 from qr.signing import decode_public_key, encode_public_key, verify_raw
 from tests.gateway import identity_helpers as make
-from tests.gateway.conftest import with_database
+from tests.gateway.conftest import scratch_database
 
 ClientT = TestClient[Any, Any]
 _numbers = itertools.count(int(time.time() * 1000) % 10**7)
@@ -252,14 +251,8 @@ async def signed_delta(client: ClientT, gate: make.TerminalKey, path: str) -> di
 
 @pytest.fixture
 async def empty_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
-    admin = await asyncpg.connect(server_urls[0])
-    name = f"onecard_taps_{secrets.token_hex(5)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(server_urls[0], name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(server_urls[0], "onecard_taps", migrated=False) as dsn:
+        yield dsn
 
 
 async def test_the_migration_moves_qr_rides_and_deny_entries_into_the_one_store(

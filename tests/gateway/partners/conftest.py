@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway import db
 from gateway.app import create_app
 from gateway.areas import ledger_checks
 from gateway.config import Config
@@ -31,7 +30,7 @@ from gateway.ledger.verify import verify_ledger
 from gateway.topups import partners
 from hce.apdu import IssuerInfo
 from tests.gateway import identity_helpers as make
-from tests.gateway.conftest import with_database
+from tests.gateway.conftest import scratch_database
 
 ClientT = TestClient[Any, Any]
 
@@ -123,17 +122,8 @@ async def webhook_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
     """A database of its own for the tests that deliver webhooks: every gateway's delivery job
     claims every due delivery of its database, and the session's other gateways allow-list
     nothing, so they would refuse (and push back) deliveries to the test receiver."""
-    admin_dsn = server_urls[0]
-    name = f"onecard_test_webhooks_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = with_database(admin_dsn, name)
-    try:
-        await db.migrate(dsn)
+    async with scratch_database(server_urls[0], "onecard_test_webhooks", migrated=True) as dsn:
         yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(scope="session")
