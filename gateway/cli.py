@@ -37,6 +37,7 @@ from gateway.metrics import shared_directory
 log = logging.getLogger("onecard")
 
 WORKER_STOP_TIMEOUT_S = 15
+PARENT_CHECK_S = 1.0
 
 
 # --------------------------------------------------------------------------- serve
@@ -57,7 +58,9 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
                 )
 
 
-async def _serve(config: Config, reuse_port: bool, jobs: bool) -> None:
+async def _serve(
+    config: Config, reuse_port: bool, jobs: bool, supervisor: int | None = None
+) -> None:
     app = create_app(config, jobs=jobs)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -65,17 +68,33 @@ async def _serve(config: Config, reuse_port: bool, jobs: bool) -> None:
     await site.start()
     log.info("listening", extra={"url": f"http://{config.host}:{config.port}", "pid": os.getpid(),
                                  "jobs": jobs})  # fmt: skip
-    await _until_stopped()
+    await _until_stopped(supervisor)
     log.info("stopping", extra={"pid": os.getpid()})
     await runner.cleanup()
 
 
-async def _until_stopped() -> None:
+async def _until_stopped(supervisor: int | None = None) -> None:
+    """Until SIGINT or SIGTERM; for a worker of `serve --workers N` (`supervisor` is its pid)
+    also until the supervisor is gone: killed outright, it could not stop its workers, so they
+    stop themselves."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    watcher = None if supervisor is None else asyncio.create_task(_watch_parent(supervisor, stop))
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
+
+
+async def _watch_parent(supervisor: int, stop: asyncio.Event) -> None:
+    # A poll: the kernel tells a child its parent died only by re-parenting it. The pid comes
+    # from the supervisor's command line, not from getppid() at start: a supervisor killed
+    # while the worker was still importing would otherwise be missed.
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - nothing to wait on but the pid
+        await asyncio.sleep(PARENT_CHECK_S)
+    log.warning("the supervisor is gone; stopping", extra={"pid": os.getpid()})
+    stop.set()
 
 
 def _supervise(config: Config, workers: int, jobs: bool) -> int:
@@ -87,6 +106,7 @@ def _supervise(config: Config, workers: int, jobs: bool) -> int:
         ONECARD_METRICS_DIR=config.metrics_dir,
     )
     command = [sys.executable, "-m", "gateway.cli", "serve-worker"]
+    command += ["--supervisor", str(os.getpid())]
     if not jobs:
         command.append("--no-jobs")
     children = [subprocess.Popen(command, env=env) for _ in range(workers)]  # noqa: S603
@@ -117,7 +137,7 @@ def _supervise(config: Config, workers: int, jobs: bool) -> int:
 
 
 def cmd_serve_worker(args: argparse.Namespace, config: Config) -> int:
-    run_async(_serve(config, reuse_port=True, jobs=not args.no_jobs))
+    run_async(_serve(config, reuse_port=True, jobs=not args.no_jobs, supervisor=args.supervisor))
     return 0
 
 
@@ -216,6 +236,7 @@ def _register_platform(sub: SubParsers[argparse.ArgumentParser]) -> None:
     serve.set_defaults(command=cmd_serve)
     worker = sub.add_parser("serve-worker", help="(internal) one worker of serve --workers")
     worker.add_argument("--no-jobs", action="store_true")
+    worker.add_argument("--supervisor", type=int, help="stop once this process is gone")
     worker.set_defaults(command=cmd_serve_worker)
     sub.add_parser("work", help="run only the background jobs (no HTTP)").set_defaults(
         command=cmd_work

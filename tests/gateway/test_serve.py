@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 import psutil
+import pytest
 
 from gateway.config import Config
 from tests.gateway.test_idempotency import free_port, wait_until_up
@@ -65,6 +66,39 @@ async def test_workers_share_the_port_and_stop_together(config: Config) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
+
+
+@pytest.mark.parametrize("when", ["serving", "starting"])
+async def test_workers_stop_when_their_supervisor_is_killed(config: Config, when: str) -> None:
+    """Killed while its workers serve, or while they are still importing (a worker must not
+    take the process that adopted it for its supervisor)."""
+    port = free_port()
+    env = dict(
+        os.environ, DATABASE_URL=config.database_url, REDIS_URL=config.redis_url,
+        ONECARD_KEK=config.kek, ONECARD_REDIS_PREFIX=config.redis_prefix,
+        ONECARD_PORT=str(port), ONECARD_ACCESS_LOG="false",
+    )  # fmt: skip
+    parent = start_serve(env, workers=2)
+    workers: list[psutil.Process] = []
+    try:
+        if when == "serving":
+            await wait_until_up(port)
+        deadline = time.monotonic() + 15
+        while len(workers := psutil.Process(parent.pid).children()) < 2:
+            assert time.monotonic() < deadline, "the supervisor started no workers"
+            await asyncio.sleep(0.01)
+        parent.kill()  # kill -9: it cannot stop its workers
+        await asyncio.to_thread(parent.wait, 10)
+        deadline = time.monotonic() + 30
+        while any(
+            worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers
+        ):
+            assert time.monotonic() < deadline, "a worker outlived its killed supervisor"
+            await asyncio.sleep(0.1)
+    finally:
         for worker in workers:
             if worker.is_running():
                 worker.kill()
