@@ -60,6 +60,7 @@ class Misbehaviour(enum.StrEnum):
     TIMEOUT = "timeout"  # API answers never come in time
     ERROR_5XX = "error_5xx"  # API calls answer 500 (`errors` times, then normally)
     NO_NOTIFY = "no_notify"  # paid, but no notification ever comes: only a query finds it
+    REFUSE = "refuse"  # a create is refused with the channel's own "not permitted" error
 
 
 @dataclass
@@ -179,6 +180,9 @@ class Sandbox:
             behaviour.errors -= 1
             return web.Response(status=500, text="SYSTEM_ERROR")
         return None
+
+    def refuses_create(self, out_trade_no: str) -> bool:
+        return Misbehaviour.REFUSE in self.behaviour(out_trade_no).kinds
 
     # ------------------------------------------------------------------ paying and notifying
     def pay(self, trade: Trade, payer: str = "sandbox-buyer") -> None:

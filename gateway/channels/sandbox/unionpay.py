@@ -162,6 +162,8 @@ class UnionPaySandbox:
             amount_fen, pay_timeout = _check_consume(consume)
         except (wire.WireError, InexactAmount):
             return self._answer(fields, wire.RESP_FORMAT, "报文格式错误")
+        if self._sandbox.refuses_create(consume.orderId):
+            return self._answer(fields, wire.RESP_NOT_PERMITTED, "无此交易权限")
         trade = self._sandbox.trades.get(consume.orderId)
         if trade is None:
             trade = self._new_trade(consume, amount_fen, pay_timeout)

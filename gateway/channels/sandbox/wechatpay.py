@@ -338,6 +338,8 @@ class WeChatPaySandbox:
         self._check_merchant(order.mchid, order.appid)
         amount_fen = _amount(order.amount.total)
         _check_order(order)
+        if self._sandbox.refuses_create(order.out_trade_no):
+            raise _Refusal(403, "NO_AUTH", "商户无此接口权限")
         trade = self._sandbox.trades.get(order.out_trade_no)
         if trade is None:
             trade = self._new_trade(order, amount_fen)

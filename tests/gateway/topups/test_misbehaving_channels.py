@@ -218,3 +218,54 @@ async def test_a_channel_that_times_out_at_create_is_503_and_the_retry_asks_firs
 
     await until(credited)
     assert await wallet_fen(impatient, rider) == 2000
+
+
+async def test_a_channel_over_its_rate_gets_429_and_its_retry_is_credited_once(
+    make_gateway: GatewayFactory, sandboxes: Sandboxes, pool: asyncpg.Pool
+) -> None:
+    """A channel's notifications are limited in the gateway's process (no Redis round trip):
+    the duplicate that comes at once is refused with 429, the channel sends it again later."""
+    gateway = await make_gateway(rate_channel_per_s=1, rate_channel_burst=1)
+    rider = await make.rider(gateway)
+    await misbehave(sandboxes, Channel.ALIPAY, ["duplicate"])
+    order = await (await topup(gateway, rider, Channel.ALIPAY, 2000)).json()
+    await pay(sandboxes, Channel.ALIPAY, order["pay"])
+
+    async def all_acknowledged() -> bool:
+        return not sandboxes.states[Channel.ALIPAY]._sending
+
+    await until(all_acknowledged, timeout_s=30)
+    metrics = await (await gateway.get("/metrics")).text()
+    assert 'onecard_rate_limited_total{kind="channel"}' in metrics
+    assert await status_of(gateway, rider, order["id"]) == "credited"
+    assert await wallet_fen(gateway, rider) == 2000
+    txns = await pool.fetchval(
+        "SELECT count(*) FROM ledger_txns WHERE kind = 'topup_paid' AND ref = $1",
+        f"topup:{order['id']}",
+    )
+    assert txns == 1
+
+
+@pytest.mark.parametrize("channel", [Channel.WECHATPAY, Channel.UNIONPAY])
+async def test_a_channel_that_refuses_the_create_fails_the_order_and_charges_nothing(
+    gateway: ClientT, sandboxes: Sandboxes, channel: Channel
+) -> None:
+    """WeChat Pay and UnionPay are asked to create the payment (Alipay's order string is signed
+    by the merchant alone, so Alipay can only refuse in its app)."""
+    rider = await make.rider(gateway)
+    await misbehave(sandboxes, channel, ["refuse"])
+    key = secrets.token_hex(8)
+    refused = await topup(gateway, rider, channel, 3000, key=key)
+    assert refused.status == 422, await refused.text()
+    error = (await refused.json())["error"]
+    assert error["code"] == "payment_channel_refused"
+    assert error["details"]["channel_code"] == {Channel.WECHATPAY: "NO_AUTH",
+                                                Channel.UNIONPAY: "32"}[channel]  # fmt: skip
+    listed = await (await gateway.get("/v1/topups", headers=rider.auth)).json()
+    assert [item["status"] for item in listed["items"]] == ["failed"]
+    # The retry with the same key gets the same answer; nothing new is created or charged.
+    again = await topup(gateway, rider, channel, 3000, key=key)
+    assert again.status == 422 and await again.json() == await refused.json()
+    listed = await (await gateway.get("/v1/topups", headers=rider.auth)).json()
+    assert len(listed["items"]) == 1
+    assert await wallet_fen(gateway, rider) == 0
