@@ -391,17 +391,20 @@ class Recovery:
         """Call out only while the lease surely holds. The keeper renews it in time; when it
         could not (the process stalled: a long pause, a blocked loop), renew first, and stop
         if a retry has taken the key over meanwhile, since that retry may be calling too."""
-        if self._held_until - _clock() < self._lease_s / LEASE_RENEWALS_PER_LEASE:
+        if self._held_until - _clock() < self._renew_every_s:
             await self._renew()
         if self._lost:
             raise errors.IDEMPOTENCY_KEY_IN_FLIGHT.error(headers={"Retry-After": "1"})
         return await call()
 
+    @property
+    def _renew_every_s(self) -> float:
+        return self._lease_s / LEASE_RENEWALS_PER_LEASE
+
     async def _keep_lease(self) -> None:
-        """Renew the lease while the request lives (a task, cancelled when it ends)."""
-        interval_s = self._lease_s / LEASE_RENEWALS_PER_LEASE
-        for _ in range(int(LEASE_HOLD_S_MAX / interval_s)):
-            await asyncio.sleep(interval_s)
+        """Renew the lease now and then every `_renew_every_s` while the request lives (a task
+        started when the first renewal is due, cancelled when the request ends)."""
+        for _ in range(int(LEASE_HOLD_S_MAX / self._renew_every_s)):
             try:
                 # Shielded: cancelling the keeper when the request ends never cuts a query short.
                 await asyncio.shield(self._renew())
@@ -409,6 +412,7 @@ class Recovery:
                 log.warning("could not renew an idempotency lease", exc_info=True)
             if self._lost:
                 return
+            await asyncio.sleep(self._renew_every_s)
 
     async def _renew(self) -> None:
         began = _clock()
@@ -478,11 +482,22 @@ async def run_with_recovery_points(
 async def _run_leased(
     recovery: Recovery, respond: Callable[[Recovery], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    keeper = asyncio.create_task(recovery._keep_lease(), name="idempotency-lease")
+    # Most requests end long before their first renewal is due: a timer costs them far less
+    # than a task of their own would.
+    loop = asyncio.get_running_loop()
+    keeper: asyncio.Task[None] | None = None
+
+    def start_keeper() -> None:
+        nonlocal keeper
+        keeper = loop.create_task(recovery._keep_lease(), name="idempotency-lease")
+
+    timer = loop.call_later(recovery._renew_every_s, start_keeper)
     try:
         return await respond(recovery)
     finally:
-        keeper.cancel()
+        timer.cancel()
+        if keeper is not None:
+            keeper.cancel()
 
 
 def _clock() -> float:
