@@ -28,6 +28,7 @@ from gateway.app import create_app
 from gateway.areas import ledger_checks
 from gateway.config import Config
 from gateway.ledger.verify import verify_ledger
+from tests.gateway.sandboxes import gateway, make_gateway, sandboxes  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 

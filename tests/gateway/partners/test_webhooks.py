@@ -26,7 +26,7 @@ from tests.gateway.partners.conftest import (
     linked_card,
     signed,
 )
-from tests.gateway.topups.conftest import until
+from tests.gateway.sandboxes import until
 
 HOOKS = "/v1/partner/webhooks"
 ALL_EVENTS = ["topup.paid", "topup.credited", "topup.loaded", "topup.refunded", "topup.closed"]

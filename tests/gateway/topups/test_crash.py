@@ -32,7 +32,7 @@ from gateway.channels.sandbox.base import Sandbox
 from gateway.channels.types import Channel
 from gateway.config import Config
 from tests.gateway import identity_helpers as make
-from tests.gateway.topups.conftest import CHANNELS, Sandboxes, free_port
+from tests.gateway.sandboxes import CHANNELS, Sandboxes, free_port
 from tests.gateway.topups.gateway_process import GatewayProcess, environment
 from tests.gateway.topups.test_topups import TOKEN_OF
 

@@ -15,7 +15,7 @@ from gateway.channels.types import Channel
 from gateway.topups import orders
 from gateway.topups.orders import State
 from tests.gateway import identity_helpers as make
-from tests.gateway.topups.conftest import GatewayFactory, Sandboxes, until
+from tests.gateway.sandboxes import GatewayFactory, Sandboxes, until
 from tests.gateway.topups.test_topups import misbehave, pay, status_of, topup, wallet_fen
 
 ClientT = TestClient[Any, Any]

@@ -19,7 +19,7 @@ from gateway.ledger import AccountKind, Leg, TxnKind, open_account, post
 from gateway.topups.checks import orders_match_txns
 from hce.apdu import IssuerInfo
 from tests.gateway import identity_helpers as make
-from tests.gateway.topups.conftest import Sandboxes, until
+from tests.gateway.sandboxes import Sandboxes, until
 
 ClientT = TestClient[Any, Any]
 TOKEN_OF = {  # what the phone hands the channel's app, in the pay params
