@@ -12,6 +12,7 @@ still credited. Nothing here holds a transaction across a channel call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 RECONCILE_INTERVAL_S = 1.0
 RECONCILE_BATCH_MAX = 100
+RECONCILE_CONCURRENCY = 8
 QUERY_BACKOFF_S_MAX = 600
 SUBJECT = "OneCard top-up"
 
@@ -321,14 +323,23 @@ class Topups:
             self.pool, RECONCILE_BATCH_MAX, self.config.topup_query_after_s, QUERY_BACKOFF_S_MAX,
             [channel.value for channel in self.channels.configured],
         )  # fmt: skip
-        for order in due:
-            try:
-                await self._reconcile(order)
-            except (ChannelUnavailable, ChannelRefused) as exc:
-                log.info(
-                    "reconcile: channel did not help",
-                    extra={"order": order.id, "error": type(exc).__name__},
-                )
+        # A backlog (a channel down for a while, a restart) is asked after several orders at a
+        # time: one by one, an order expiring now would wait behind every query before it.
+        slots = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+
+        async def reconcile(order: Order) -> None:
+            async with slots:
+                try:
+                    await self._reconcile(order)
+                except (ChannelUnavailable, ChannelRefused) as exc:
+                    log.info(
+                        "reconcile: channel did not help",
+                        extra={"order": order.id, "error": type(exc).__name__},
+                    )
+
+        async with asyncio.TaskGroup() as group:
+            for order in due:
+                group.create_task(reconcile(order))
         return len(due)
 
     async def _reconcile(self, order: Order) -> None:
