@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway import idempotency, wallet
 from gateway.api import access, qr, riders, system
+from gateway.api import ota as ota_routes
 from gateway.api import partners as partner_routes
 from gateway.api import taps as taps_routes
 from gateway.api import topups as topups_routes
@@ -19,6 +20,9 @@ from gateway.auth import service as identity
 from gateway.channels import commands as channel_commands
 from gateway.channels import service as channels
 from gateway.ledger.verify import CHECKS as LEDGER_CHECKS
+from gateway.ota import checks as ota_checks
+from gateway.ota import commands as ota_commands
+from gateway.ota import service as ota
 from gateway.qr_codes import commands as qr_commands
 from gateway.qr_codes import service as qr_codes
 from gateway.taps import service as taps
@@ -37,6 +41,8 @@ AREAS: tuple[Area, ...] = (
     Area("topups", (topups_routes.routes, partner_routes.routes), topups.setup,
          jobs=(topups.RECONCILE,), ledger_checks=topup_checks.LEDGER_CHECKS),
     Area("webhooks", (partner_routes.webhook_routes,), webhooks.setup, jobs=webhooks.JOBS),
+    Area("ota", (ota_routes.routes,), ota.setup, ota_commands.register, (ota.RELOAD_CARD_KEYS,),
+         ota_checks.LEDGER_CHECKS),
 )  # fmt: skip
 
 

@@ -24,10 +24,9 @@ from aiohttp import web
 from gateway import db
 from gateway.app import create_app
 from gateway.areas import AREAS, ledger_checks
-from gateway.auth.commands import cmd_keys_rotate_token_signing
 from gateway.channels.commands import sandboxes_beside
 from gateway.channels.sandbox import run as sandboxes
-from gateway.command import SubParsers, run_async, services
+from gateway.command import SubParsers, run_async, services, subcommands
 from gateway.config import HELP, Config, ConfigError, env_name
 from gateway.keystore import create_kek_file, load_kek
 from gateway.ledger.verify import verify_ledger
@@ -250,13 +249,11 @@ def _register_platform(sub: SubParsers[argparse.ArgumentParser]) -> None:
     ledger.add_parser("verify", help="prove every txn and balance").set_defaults(
         command=cmd_ledger_verify
     )
-    keys = sub.add_parser("keys", help="key management").add_subparsers(required=True)
+    # Areas add their own commands to `keys` (token signing, card master keys).
+    keys = subcommands(sub, "keys", "key management")
     keys.add_parser("init", help="create the key-encryption key file").set_defaults(
         command=cmd_keys_init
     )
-    keys.add_parser(
-        "rotate-token-signing", help="a new JWT signing key; old ones verify until tokens expire"
-    ).set_defaults(command=cmd_keys_rotate_token_signing)
     sub.add_parser("config", help="print every setting").set_defaults(command=cmd_config)
 
 

@@ -26,6 +26,23 @@ Command = Callable[[argparse.Namespace, Config], int]
 COMMAND_POOL_SIZE_MAX = 2
 
 
+def subcommands(
+    sub: SubParsers[argparse.ArgumentParser], name: str, help: str
+) -> SubParsers[argparse.ArgumentParser]:
+    """The sub-commands of the top-level command `name` (`onecard keys ...`), the group made
+    the first time: the platform and any area add to one group without naming each other."""
+    parser = sub.choices.get(name)
+    if parser is None:
+        created: SubParsers[argparse.ArgumentParser] = sub.add_parser(
+            name, help=help
+        ).add_subparsers(required=True)
+        return created
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise ValueError(f"`{name}` is a command, not a group of commands")
+
+
 @contextlib.contextmanager
 def services(config: Config) -> Iterator[Config]:
     """The config with both URLs set, starting embedded servers for the missing ones."""

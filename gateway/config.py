@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -84,6 +85,9 @@ class Config:
     webhook_timeout_ms: int = 5_000
     webhook_retry_first_s: int = 10
     webhook_retry_window_s: int = 24 * 3600
+    ota_key_index: int = 1
+    ota_terminal_id: str = "010000000001"
+    ota_refund_after_days: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -120,6 +124,10 @@ class Config:
         if self.idempotency_lease_s >= self.idempotency_ttl_s:
             raise ConfigError("ONECARD_IDEMPOTENCY_LEASE_S must be shorter than the TTL")
         self._validate_webhooks()
+        if not 1 <= self.ota_key_index <= 255:
+            raise ConfigError("ONECARD_OTA_KEY_INDEX must be between 1 and 255")
+        if not re.fullmatch(r"[0-9A-Fa-f]{12}", self.ota_terminal_id):
+            raise ConfigError("ONECARD_OTA_TERMINAL_ID must be 12 hex digits (6 bytes)")
 
     def _validate_webhooks(self) -> None:
         for item in allowed_networks_text(self.webhook_allowed_hosts):
@@ -251,5 +259,8 @@ HELP: dict[str, str] = {
     "webhook_retry_first_s": "the first retry of a failed webhook delivery waits this long; "
     "each next one twice as long (at most an hour)",
     "webhook_retry_window_s": "how long after an event its webhook is retried before giving up",
+    "ota_key_index": "the card key index the gateway loads with (INITIALIZE FOR LOAD)",
+    "ota_terminal_id": "the gateway's terminal id in loads: 12 hex digits",
+    "ota_refund_after_days": "a paid card top-up not loaded after this many days is refunded",
 }
 assert set(HELP) == {f.name for f in fields(Config)}, "every setting needs its help line"

@@ -157,3 +157,27 @@ WEBHOOK_URL_REFUSED = define(
 WEBHOOK_LIMIT_REACHED = define(
     "webhook_limit_reached", 422, "This partner already has as many webhook endpoints as allowed."
 )
+
+# --- over-the-air loads ---------------------------------------------------------------------
+TOPUP_NOT_LOADABLE = define(
+    "topup_not_loadable", 409, "This top-up is not waiting to be loaded onto its card."
+)
+TOPUP_LOAD_IN_PROGRESS = define(
+    "topup_load_in_progress",
+    409,
+    "This top-up may already be on the card; it can be refunded once that is settled.",
+)
+OTA_CARD_MISMATCH = define("ota_card_mismatch", 422, "This top-up is for another card.")
+OTA_NOTHING_TO_LOAD = define("ota_nothing_to_load", 422, "Nothing is waiting to be loaded.")
+OTA_LOAD_HELD = define(
+    "ota_load_held", 409, "An operator is checking an earlier load of this top-up."
+)
+OTA_SESSION_SUPERSEDED = define(
+    "ota_session_superseded", 409, "A newer session for this card took over; start again."
+)
+OTA_SESSION_OVER = define("ota_session_over", 409, "This session has ended.")
+OTA_STEP_MISMATCH = define(
+    "ota_step_mismatch", 409, "This answer is not for the session's current step."
+)
+OTA_LOAD_FAILED = define("ota_load_failed", 422, "The card could not be loaded; see the reason.")
+OTA_LOAD_NOT_HELD = define("ota_load_not_held", 409, "This load is not held for an operator.")

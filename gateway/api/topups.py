@@ -206,7 +206,8 @@ class RefundOut(msgspec.Struct):
 @routes.post(
     "/v1/topups/{topup_id}/refunds", body=NewRefund, response=RefundOut, status=201,
     principals=RIDER, idempotent=Idempotency.RECOVERY_POINTS,
-    errors=("topup_not_refundable", "payment_channel_unavailable", "not_found"),
+    errors=("topup_not_refundable", "topup_load_in_progress", "payment_channel_unavailable",
+            "not_found"),
 )  # fmt: skip
 async def refund_topup(call: Call) -> RefundOut:
     """Refund a top-up in full or in part, through the channel it was paid with."""

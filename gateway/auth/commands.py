@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from gateway.auth import partners, service, terminals, tokens
-from gateway.command import SubParsers, Tools, run_with_tools
+from gateway.command import SubParsers, Tools, run_with_tools, subcommands
 from gateway.config import Config, ConfigError
 from gateway.keystore import KeyKind
 from gateway.topups import partners as partner_topups
@@ -244,3 +244,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         help="who it is for: the token subject, their own idempotency keys and rate limit",
     )  # fmt: skip
     token.set_defaults(command=cmd_admin_create_token)
+
+    subcommands(sub, "keys", "key management").add_parser(
+        "rotate-token-signing", help="a new JWT signing key; old ones verify until tokens expire"
+    ).set_defaults(command=cmd_keys_rotate_token_signing)

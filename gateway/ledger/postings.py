@@ -35,6 +35,8 @@ class TxnKind(enum.StrEnum):
     TOPUP_REFUND_FAILED = "topup_refund_failed"  # the refund's money back (ref refund:<id>)
     PARTNER_TOPUP = "partner_topup"  # partner float -> wallet or pending load (ref topup:<id>)
     PARTNER_FUNDING = "partner_funding"  # suspense -> partner float (ref partner-funding:<id>)
+    OTA_LOAD = "ota_load"  # pending load -> card float, on a verified TAC (ref ota:<load id>)
+    CARD_BALANCE_SEEN = "card_balance_seen"  # suspense <-> card float (ref card-seen:<load id>)
 
 
 class LedgerError(Exception):

@@ -39,6 +39,10 @@ class Refund:
 _COLUMNS = "id, order_id, out_refund_no, amount_fen, reason, state, return_state, created_at"
 
 
+# The database refuses to refund a card top-up whose load may be on the chip (migration 0009).
+LOAD_IN_PROGRESS = "OC031"
+
+
 def refund_number(refund_id: int, at: datetime) -> str:
     """Like an order's number (`orders.trade_number`): the Beijing time, then `R` (never the
     same as an order's) and the refund id."""
@@ -77,7 +81,12 @@ async def start(
             )  # fmt: skip
     except FloorBreach:
         raise errors.TOPUP_NOT_REFUNDABLE.error("The money was already spent.") from None
-    await orders.move(conn, order, State.REFUNDING)
+    try:
+        await orders.move(conn, order, State.REFUNDING)
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) != LOAD_IN_PROGRESS:
+            raise
+        raise errors.TOPUP_LOAD_IN_PROGRESS.error() from None
     return refund
 
 

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_hce_never_imports_server_libraries():
     code = (
         "import sys, hce, hce.apdu, hce.card_crypto, hce.software_card, hce.sam, hce.terminal, "
-        "hce.virtual_card, hce.readers, hce.issuer, hce.__main__\n"
+        "hce.virtual_card, hce.readers, hce.issuer, hce.relay, hce.__main__\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'asyncpg', 'redis',"
         " 'smartcard'})\n"
         "print(','.join(bad))"
