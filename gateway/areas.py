@@ -41,7 +41,8 @@ AREAS: tuple[Area, ...] = (
     Area("topups", (topups_routes.routes, partner_routes.routes), topups.setup,
          jobs=(topups.RECONCILE,), ledger_checks=topup_checks.LEDGER_CHECKS),
     Area("webhooks", (partner_routes.webhook_routes,), webhooks.setup, jobs=webhooks.JOBS),
-    Area("ota", (ota_routes.routes,), ota.setup, ota_commands.register, (ota.RELOAD_CARD_KEYS,),
+    Area("ota", (ota_routes.routes,), ota.setup, ota_commands.register,
+         (ota.RELOAD_CARD_KEYS, ota.REFUND_UNLOADED),
          ota_checks.LEDGER_CHECKS),
 )  # fmt: skip
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,7 +19,9 @@ from gateway.ota import sessions
 from gateway.ota.ism import SecurityModule
 from gateway.ota.sessions import Answer, Engine, Load, LoadState, Session, Step
 from gateway.topups import cards
+from gateway.topups import partners as partner_topups
 from gateway.topups.orders import BEIJING
+from gateway.topups.service import TOPUPS, Topups
 from gateway.workers import Periodic
 from hce import apdu as A
 
@@ -34,11 +36,26 @@ class CardRead:
     balance_fen: int
 
 
+# Card top-ups paid before a moment, still waiting to be loaded, with no load of them that may
+# be on the chip: oldest first.
+_UNLOADED = """
+SELECT o.id, o.channel FROM topup_orders o
+ WHERE o.state = 'pending_load' AND o.paid_at < $1 AND o.flag IS NULL
+   AND NOT EXISTS (SELECT 1 FROM ota_loads l WHERE l.order_id = o.id
+                      AND l.state IN ('initialized', 'crediting', 'unsure', 'held'))
+ ORDER BY o.paid_at LIMIT $2
+"""
+REFUND_BATCH_MAX = 100
+
+
 class Ota:
-    def __init__(self, pool: asyncpg.Pool, config: Config, ism: SecurityModule) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, config: Config, ism: SecurityModule, topups: Topups
+    ) -> None:
         self.pool = pool
         self.config = config
         self.ism = ism
+        self.topups = topups
         self.engine = Engine(ism, config)
 
     async def start(
@@ -57,6 +74,22 @@ class Ota:
 
     async def session(self, rider_id: int, session_id: str) -> tuple[Session, list[Load]]:
         return await sessions.get_session(self.pool, rider_id, _session_id(session_id))
+
+    # ------------------------------------------------------------------ loads never picked up
+    async def refund_unloaded(self, now: datetime) -> int:
+        """Card top-ups paid more than `ota_refund_after_days` before `now` and still not
+        loaded go back the way they were paid: through their channel, or to the partner's
+        float. How many were found (a full batch: call again)."""
+        days = self.config.ota_refund_after_days
+        reason = f"not loaded onto the card within {days} days"
+        due = await self.pool.fetch(_UNLOADED, now - timedelta(days=days), REFUND_BATCH_MAX)
+        for row in due:
+            if row["channel"] is not None:
+                await self.topups.refund_unloaded(row["id"], reason)
+                continue
+            async with self.pool.acquire() as conn, conn.transaction():
+                await partner_topups.refund_unloaded(conn, row["id"], reason, self.config)
+        return len(due)
 
     # ------------------------------------------------------------------ operators
     async def held(self) -> list[Load]:
@@ -116,12 +149,13 @@ def _checked(read: CardRead, card_asn: str | None) -> cards.ReadCard:
 
 OTA = web.AppKey("ota", Ota)
 RELOAD_KEYS_INTERVAL_S = 60.0
+REFUND_UNLOADED_INTERVAL_S = 3600.0
 
 
 async def setup(app: web.Application) -> AsyncIterator[None]:
     async with app[POOL].acquire() as conn:
         ism = await SecurityModule.load(conn, app[KEYSTORE])
-    app[OTA] = Ota(app[POOL], app[CONFIG], ism)
+    app[OTA] = Ota(app[POOL], app[CONFIG], ism, app[TOPUPS])
     yield
 
 
@@ -145,3 +179,11 @@ async def _reload_keys(app: web.Application) -> None:
 
 RELOAD_CARD_KEYS = Periodic("ota-reload-card-keys", RELOAD_KEYS_INTERVAL_S, _reload_keys,
                             first_after_interval=True)  # fmt: skip
+
+
+async def _refund_unloaded(app: web.Application) -> None:
+    while await app[OTA].refund_unloaded(datetime.now(UTC)) == REFUND_BATCH_MAX:
+        pass  # a backlog: keep going until it is drained
+
+
+REFUND_UNLOADED = Periodic("ota-refund-unloaded", REFUND_UNLOADED_INTERVAL_S, _refund_unloaded)

@@ -37,6 +37,7 @@ import msgspec
 
 from gateway import db, errors
 from gateway.auth import partners
+from gateway.channels.types import RefundState, RefundStatus
 from gateway.config import Config
 from gateway.ledger import (
     AccountKind,
@@ -46,7 +47,7 @@ from gateway.ledger import (
     open_account,
     post,
 )
-from gateway.topups import cards, orders
+from gateway.topups import cards, orders, refunds
 from gateway.topups.orders import Order, State
 from gateway.topups.service import Topups
 from gateway.webhooks import outbox
@@ -325,3 +326,25 @@ async def fund(
         ref=f"partner-funding:{funding_id}", memo=f"{operator}: {memo}" if memo else operator,
     )  # fmt: skip
     return Funded(funding_id, posting.txn_id, sum(balances.values()) + amount_fen)
+
+
+async def refund_unloaded(conn: asyncpg.Connection, order_id: int, reason: str, config: Config) -> (
+    bool
+):  # fmt: skip
+    """A partner's card top-up never loaded: its whole amount back to the float (lane 0) at
+    once, the order `refunded`, the partner told by webhook. False when the order is no longer
+    waiting to be loaded, or a load of it may be on the chip."""
+    db.assert_in_transaction(conn)
+    order = await orders.lock(conn, order_id)
+    if order.state is not State.PENDING_LOAD or order.partner_key_id is None:
+        return False
+    payer = (AccountKind.PARTNER_FLOAT, lane_owner(order.partner_key_id, 0))
+    try:
+        async with conn.transaction():  # a savepoint: a load under way refuses, nothing stays
+            refund = await refunds.start(conn, order, order.refundable_fen, reason, 0, payer)
+    except errors.ApiError:
+        return False
+    succeeded = RefundStatus(order.out_trade_no, refund.out_refund_no, RefundState.SUCCEEDED)
+    await refunds.apply_status(conn, refund, succeeded)
+    await order_moved(conn, await orders.lock(conn, order_id), config)
+    return True

@@ -17,7 +17,7 @@ import asyncpg
 
 from gateway import db, errors
 from gateway.channels.types import RefundState, RefundStatus
-from gateway.ledger import FloorBreach, Leg, TxnKind, open_account, post
+from gateway.ledger import AccountKind, FloorBreach, Leg, TxnKind, open_account, post
 from gateway.topups import orders
 from gateway.topups.orders import Order, State
 
@@ -50,12 +50,14 @@ def refund_number(refund_id: int, at: datetime) -> str:
 
 
 async def start(
-    conn: asyncpg.Connection, order: Order, amount_fen: int, reason: str, first_check_s: int
-) -> Refund:
-    """The refund row, the money out of the wallet or pending load, the order `refunding`:
-    422 `topup_not_refundable` when the order or its money cannot be refunded now."""
+    conn: asyncpg.Connection, order: Order, amount_fen: int, reason: str, first_check_s: int,
+    payer: tuple[AccountKind, str] | None = None,
+) -> Refund:  # fmt: skip
+    """The refund row, the money out of the wallet or pending load (to the channel's
+    receivable, or to `payer` for a top-up no channel paid), the order `refunding`: 422
+    `topup_not_refundable` when the order or its money cannot be refunded now."""
     db.assert_in_transaction(conn)
-    if order.state not in REFUNDABLE or order.channel is None:
+    if order.state not in REFUNDABLE or (order.channel is None) == (payer is None):
         raise errors.TOPUP_NOT_REFUNDABLE.error(state=order.state.value)
     if not 0 < amount_fen <= order.refundable_fen:
         raise errors.TOPUP_NOT_REFUNDABLE.error(
@@ -72,7 +74,7 @@ async def start(
     )  # fmt: skip
     refund = Refund(**dict(row))
     holder = await orders.target_account(conn, order)
-    receivable = await open_account(conn, *orders.receivable_for(order))
+    receivable = await open_account(conn, *(payer or orders.receivable_for(order)))
     try:
         async with conn.transaction():  # a savepoint: a spent wallet refuses, nothing stays
             await post(

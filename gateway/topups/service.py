@@ -269,6 +269,42 @@ class Topups:
             order.paid_fen or order.amount_fen, refund.return_state, refund.created_at,
         )  # fmt: skip
 
+    async def refund_unloaded(self, order_id: int, reason: str) -> refunds.Refund | None:
+        """The whole of a card top-up that was never loaded, back through its channel (a
+        worker's refund: no rider asked, so no Idempotency-Key). None when the order is no
+        longer pending load, or a load of it may be on the chip. A channel that does not answer
+        leaves the refund `refunding`; the reconciler asks, and sends it again if the channel
+        never heard of it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            order = await orders.lock(conn, order_id)
+            if order.state is not State.PENDING_LOAD or order.channel is None:
+                return None
+            try:
+                async with conn.transaction():  # a savepoint: a refusal leaves nothing behind
+                    refund = await refunds.start(
+                        conn, order, order.refundable_fen, reason, self.config.topup_query_after_s
+                    )
+            except errors.ApiError:  # a load of it under way: not now
+                return None
+        await self._send_refund(order, refund)
+        return refund
+
+    async def _send_refund(self, order: Order, refund: refunds.Refund) -> None:
+        """Send a started refund to its channel and apply the answer. Its number is the
+        channel's idempotency key for it: sending it again is harmless."""
+        assert order.channel is not None
+        channel = Channel(order.channel)
+        try:
+            status = await self.channels.connector(channel).refund(RefundOrder(
+                order.out_trade_no, refund.out_refund_no, refund.amount_fen,
+                order.paid_fen or order.amount_fen, refund.reason, self.notify_url(channel),
+            ))  # fmt: skip
+        except ChannelRefused:
+            status = RefundStatus(order.out_trade_no, refund.out_refund_no, RefundState.FAILED)
+        except ChannelUnavailable:
+            return
+        await self.apply_refund_status(status)
+
     async def apply_refund_status(self, status: RefundStatus) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             refund = await refunds.lock_by_number(conn, status.out_refund_no)
@@ -287,6 +323,10 @@ class Topups:
             try:
                 status = await connector.refund_query(order.out_trade_no, refund.out_refund_no)
             except (ChannelUnavailable, ChannelRefused):
+                continue
+            if status.state is RefundState.NOT_FOUND:
+                # Started but never sent (a worker stopped between the two): send it now.
+                await self._send_refund(order, refund)
                 continue
             await self.apply_refund_status(status)
         return len(due)

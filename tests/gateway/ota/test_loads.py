@@ -17,8 +17,6 @@ from aiohttp.test_utils import TestClient
 
 from gateway.channels.types import Channel
 from gateway.config import Config
-from gateway.keystore import KeyKind, Keystore, load_kek
-from gateway.ota.ism import key_name
 from hce import apdu as A
 from hce.issuer import Issuer, LoadTransaction
 from hce.software_card import CITY_CARD_AID, CardTorn, SoftwareCard
@@ -30,19 +28,6 @@ from tests.hce.vectors import MLK, MPK, MTK
 
 ClientT = TestClient[Any, Any]
 KEY_INDEX = 1
-
-
-@pytest.fixture(scope="session", autouse=True)
-async def card_masters(pool: asyncpg.Pool, config: Config) -> None:
-    """The synthetic master keys of CARD_PROTOCOL.md's vectors, as `onecard keys
-    import-card-masters --test-keys` stores them, before any gateway of these tests starts."""
-    keystore = Keystore(load_kek(config))
-    async with pool.acquire() as conn, conn.transaction():
-        name = key_name(KEY_INDEX, 1)
-        if not await keystore.versions(conn, KeyKind.CARD_MASTER_LOAD, name):
-            meta = {"test_keys": True}
-            await keystore.put(conn, KeyKind.CARD_MASTER_LOAD, name, MLK, meta=meta)
-            await keystore.put(conn, KeyKind.CARD_MASTER_TAC, name, MTK, meta=meta)
 
 
 def new_card(balance_fen: int = 5_000, master_load_key: bytes = MLK) -> SoftwareCard:
