@@ -101,7 +101,7 @@ CREATE TRIGGER ota_loads_transition BEFORE UPDATE ON ota_loads
 -- A card top-up whose load may have reached the chip is not refunded until that is settled.
 CREATE FUNCTION topup_orders_not_while_loading() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF OLD.state = 'pending_load' AND NEW.state = 'refunding' AND EXISTS (
+    IF EXISTS (
         SELECT 1 FROM ota_loads
          WHERE order_id = OLD.id AND state IN ('initialized', 'crediting', 'unsure', 'held')
     ) THEN
@@ -110,8 +110,10 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- Only for that one transition: every other update of an order pays nothing for it.
 CREATE TRIGGER topup_orders_not_while_loading BEFORE UPDATE ON topup_orders
-    FOR EACH ROW EXECUTE FUNCTION topup_orders_not_while_loading();
+    FOR EACH ROW WHEN (OLD.state = 'pending_load' AND NEW.state = 'refunding')
+    EXECUTE FUNCTION topup_orders_not_while_loading();
 
 -- An operator's decision on a held load: the audit trail.
 CREATE TABLE ota_resolutions (
