@@ -86,7 +86,7 @@ class Config:
     webhook_retry_first_s: int = 10
     webhook_retry_window_s: int = 24 * 3600
     ota_key_index: int = 1
-    ota_terminal_id: str = "010000000001"
+    ota_terminal_prefix: str = "0100"
     ota_refund_after_days: int = 30
 
     @classmethod
@@ -126,8 +126,8 @@ class Config:
         self._validate_webhooks()
         if not 1 <= self.ota_key_index <= 255:
             raise ConfigError("ONECARD_OTA_KEY_INDEX must be between 1 and 255")
-        if not re.fullmatch(r"[0-9A-Fa-f]{12}", self.ota_terminal_id):
-            raise ConfigError("ONECARD_OTA_TERMINAL_ID must be 12 hex digits (6 bytes)")
+        if not re.fullmatch(r"[0-9A-Fa-f]{4}", self.ota_terminal_prefix):
+            raise ConfigError("ONECARD_OTA_TERMINAL_PREFIX must be 4 hex digits (2 bytes)")
 
     def _validate_webhooks(self) -> None:
         for item in allowed_networks_text(self.webhook_allowed_hosts):
@@ -260,7 +260,8 @@ HELP: dict[str, str] = {
     "each next one twice as long (at most an hour)",
     "webhook_retry_window_s": "how long after an event its webhook is retried before giving up",
     "ota_key_index": "the card key index the gateway loads with (INITIALIZE FOR LOAD)",
-    "ota_terminal_id": "the gateway's terminal id in loads: 12 hex digits",
+    "ota_terminal_prefix": "the first 2 bytes (4 hex digits) of the terminal id of every load; "
+    "the other 4 are the load's number",
     "ota_refund_after_days": "a paid card top-up not loaded after this many days is refunded",
 }
 assert set(HELP) == {f.name for f in fields(Config)}, "every setting needs its help line"

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway import errors
+from gateway.api import paging
 from gateway.api.routing import Call, RouteTable
 from gateway.api.topups import Asn
 from gateway.auth.principal import PrincipalKind
@@ -17,6 +18,7 @@ from gateway.ota.sessions import Load, Step
 routes = RouteTable("ota")
 RIDER = {PrincipalKind.RIDER}
 ADMIN = {PrincipalKind.ADMIN}
+CURSOR_KIND = "l"  # positions are load ids
 APDU_HEX_MAX = 2 * 258  # a short APDU's answer: 256 data bytes and the status word
 
 Hex = Annotated[str, msgspec.Meta(pattern="^([0-9A-Fa-f]{2})+$", max_length=APDU_HEX_MAX)]
@@ -29,14 +31,14 @@ class NewSession(msgspec.Struct, forbid_unknown_fields=True):
     select_hex: Hex
     file_0015_hex: Annotated[str, msgspec.Meta(pattern="^[0-9A-Fa-f]{60}$")]
     balance_fen: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
-    order_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    order_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
     card: Asn | None = None
 
 
 class CardAnswer(msgspec.Struct, forbid_unknown_fields=True):
     """The card's answer to the APDU of `step`: its data and status word, as hex."""
 
-    step: Annotated[int, msgspec.Meta(ge=1)]
+    step: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
     rapdu: Annotated[str, msgspec.Meta(pattern="^([0-9A-Fa-f]{2}){2,}$", max_length=APDU_HEX_MAX)]
 
 
@@ -62,6 +64,7 @@ class SessionOut(msgspec.Struct):
 
 class HeldLoad(msgspec.Struct):
     id: int
+    state: str  # unsure or held; completed or not_credited once resolved
     order_id: int
     card: str
     amount_fen: int
@@ -73,6 +76,7 @@ class HeldLoad(msgspec.Struct):
 
 class HeldLoads(msgspec.Struct):
     items: list[HeldLoad]
+    next_cursor: str | None
 
 
 class Resolution(msgspec.Struct, forbid_unknown_fields=True):
@@ -120,10 +124,16 @@ async def get_session(call: Call) -> SessionOut:
     )  # fmt: skip
 
 
-@routes.get("/v1/admin/ota/unsure", response=HeldLoads, principals=ADMIN)
+@routes.get("/v1/admin/ota/unsure", query=paging.PageQuery, response=HeldLoads, principals=ADMIN)
 async def held_loads(call: Call) -> HeldLoads:
-    """Loads no card answer could settle, held for an operator, with the card's evidence."""
-    return HeldLoads([_held(load) for load in await call.app[OTA].held()])
+    """Loads that may be on a chip and are not settled, oldest first, with the card's evidence:
+    held (no card answer could settle them) or unsure (waiting for the card's next session)."""
+    query: paging.PageQuery = call.query
+    loads = await call.app[OTA].unsettled(
+        query.limit + 1, paging.cursor_in(CURSOR_KIND, query.cursor)
+    )
+    shown, cursor = paging.page(loads, query.limit, CURSOR_KIND, lambda load: load.id)
+    return HeldLoads([_held(load) for load in shown], cursor)
 
 
 @routes.post(
@@ -131,8 +141,9 @@ async def held_loads(call: Call) -> HeldLoads:
     errors=("not_found", "ota_load_not_held"),
 )  # fmt: skip
 async def resolve_load(call: Call) -> HeldLoad:
-    """Settle a held load (role admin; kept in the audit trail): `credited` moves its money to
-    the card float and the top-up is loaded; `not_credited` lets the top-up be loaded again."""
+    """Settle a held or unsure load (role admin; kept in the audit trail): `credited` moves its
+    money to the card float and the top-up is loaded; `not_credited` lets the top-up be loaded
+    again (or refunded)."""
     body: Resolution = call.body
     load = await call.app[OTA].resolve(
         call.path_int("load_id"), body.outcome == "credited", body.reason, call.caller.id
@@ -147,6 +158,6 @@ def _load_out(load: Load) -> LoadOut:
 
 def _held(load: Load) -> HeldLoad:
     return HeldLoad(
-        load.id, load.order_id, load.card_asn, load.amount_fen, str(load.session_id),
-        evidence_view(load), load.created_at, load.updated_at,
+        load.id, load.state.value, load.order_id, load.card_asn, load.amount_fen,
+        str(load.session_id), evidence_view(load), load.created_at, load.updated_at,
     )  # fmt: skip

@@ -92,18 +92,23 @@ class Ota:
         return len(due)
 
     # ------------------------------------------------------------------ operators
-    async def held(self) -> list[Load]:
-        return await sessions.loads_in_state(self.pool, LoadState.HELD)
+    async def unsettled(self, limit: int, after_id: int | None) -> list[Load]:
+        """Loads that may be on a chip and are not settled: held for an operator, or unsure
+        (waiting for the card's next session, which may never come: a card lost or broken)."""
+        return await sessions.unsettled_loads(self.pool, limit, after_id)
 
     async def resolve(self, load_id: int, credited: bool, reason: str, operator: str) -> Load:
-        """An operator's decision on a held load, written to the audit trail; money moves only
-        as it says (credited: pending load -> card float; not credited: nothing, the order
-        can be loaded again)."""
+        """An operator's decision on a held or unsure load, written to the audit trail; money
+        moves only as it says (credited: pending load -> card float; not credited: nothing,
+        the order can be loaded again or refunded)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            load = await sessions.lock_load(conn, load_id)
-            if load is None:
+            asn = await conn.fetchval("SELECT card_asn FROM ota_loads WHERE id = $1", load_id)
+            if asn is None:
                 raise errors.NOT_FOUND.error()
-            if load.state is not LoadState.HELD:
+            await sessions.lock_card(conn, asn)  # the card first: the sessions' lock order
+            load = await sessions.lock_load(conn, load_id)
+            assert load is not None
+            if load.state not in (LoadState.HELD, LoadState.UNSURE):
                 raise errors.OTA_LOAD_NOT_HELD.error(state=load.state.value)
             outcome = "credited" if credited else "not_credited"
             await conn.execute(

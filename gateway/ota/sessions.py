@@ -46,7 +46,7 @@ from hce.issuer import LoadTransaction
 from hce.terminal import bcd_date, bcd_time
 
 STEPS_MAX = 200  # the schema's bound too: a card that answers strangely cannot loop for ever
-SUSPENSE_OWNER = "cards"  # card balances seen that this gateway did not cause
+TRIES_PER_SESSION_MAX = 3  # INITIALIZEs of one order in one session (a card that keeps failing)
 
 
 class Phase(enum.StrEnum):
@@ -227,7 +227,13 @@ class Engine:
         self.ism = ism
         self.config = config
         self.key_index = config.ota_key_index
-        self.terminal_id = bytes.fromhex(config.ota_terminal_id)
+        self.terminal_prefix = bytes.fromhex(config.ota_terminal_prefix)
+
+    def terminal_id(self, load_id: int) -> bytes:
+        """Each load's own terminal id: the configured prefix and the load's number. MAC1 is
+        computed over it, so an INITIALIZE answer the phone asked the card for earlier (at the
+        same counter, for the same amount) cannot pass for the answer to this one."""
+        return self.terminal_prefix + (load_id % 2**32).to_bytes(4, "big")
 
     # ------------------------------------------------------------------ starting
     async def start(
@@ -235,7 +241,7 @@ class Engine:
     ) -> Step:
         """A new session for the card read by the phone (superseding any live one for it)."""
         db.assert_in_transaction(conn)
-        card = await _lock_card(conn, read.asn)
+        card = await lock_card(conn, read.asn)
         if card is None or card["rider_id"] != rider_id or card["status"] != "active":
             raise errors.NOT_FOUND.error()
         if order_id is not None:
@@ -280,9 +286,11 @@ class Engine:
         )  # fmt: skip
         if asn is None:
             raise errors.NOT_FOUND.error()
-        await _lock_card(conn, asn)  # the card first, as `start` does: no deadlock between them
+        # The card first, as `start` does (locks: card, session, load, order, accounts).
+        card = await lock_card(conn, asn)
         session = await _lock_session(conn, session_id)
-        answered_step = session.step - 1 if session.state is SessionState.OPEN else session.step
+        ended_open = session.state in (SessionState.OPEN, SessionState.SUPERSEDED)
+        answered_step = session.step - 1 if ended_open else session.step
         if step == answered_step and rapdu == session.answered_rapdu:
             assert session.answer is not None and session.answer_status is not None
             return Answer.from_json(session.answer_status, session.answer)
@@ -299,6 +307,8 @@ class Engine:
                 "A card answer has at least its two status bytes.", field="rapdu"
             ) from None
         try:
+            if card is None or card["status"] != "active" or card["rider_id"] != rider_id:
+                raise _Failed("card_not_linked", "This card is no longer linked to you.")
             outcome = await self._dispatch(conn, session, answer)
         except _Failed as failed:
             outcome = await self._fail(conn, session, failed)
@@ -310,6 +320,8 @@ class Engine:
     ):  # fmt: skip
         assert s.load_id is not None
         load = await _lock_load(conn, s.load_id)
+        if s.phase is Phase.PROVE and load.state is not LoadState.UNSURE:
+            return await self._next(conn, s)  # an operator settled it meanwhile
         if s.phase is Phase.PROVE:
             s = await self._on_prove(conn, s, load, answer)
         elif s.phase is Phase.INITIALIZE:
@@ -368,21 +380,28 @@ class Engine:
             await _fail_load(conn, load, "unknown_key" if isinstance(exc, UnknownCardKey)
                              else "mac1_invalid")  # fmt: skip
             raise _Failed("card_not_genuine", "This card cannot be loaded here.") from None
+        card = await lock_card(conn, load.card_asn)
+        assert card is not None
+        if card["online_counter"] is not None and init.online_counter < card["online_counter"]:
+            # A genuine card's counter never goes back: an answer kept from before.
+            await _fail_load(conn, load, "counter_went_back")
+            raise _Failed("card_not_genuine", "This card cannot be loaded here.")
+        order = await orders.lock(conn, load.order_id)  # before any ledger account (lock order)
         # The balance and counter are now the card's own: the card float follows them.
         await self._seen(conn, load, init.balance_fen, init.online_counter)
         s = await _update_session(conn, s.id, balance_fen=init.balance_fen)
         if s.resolving_id is not None:
-            s = await self._settle_by_counter(conn, s, init.online_counter)
-        order = await orders.lock(conn, load.order_id)
-        loadable = order.state is State.PENDING_LOAD and not await _has_live_load(conn, order.id)
-        if not loadable:
-            await _fail_load(conn, load, "order_not_loadable")
+            s = await self._settle_by_counter(conn, s, init.online_counter, init.balance_fen)
+        why_not = await self._not_loadable(conn, s, load, order)
+        if why_not is not None:
+            await _fail_load(conn, load, why_not)
             return s
-        card = await _lock_card(conn, load.card_asn)
-        assert card is not None
         if init.balance_fen + load.amount_fen > card["balance_max_fen"]:
             await _fail_load(conn, load, "card_balance_ceiling")
             raise _Failed("card_balance_ceiling", "The card cannot hold that much.")
+        if s.step + 1 > STEPS_MAX:
+            await _fail_load(conn, load, "too_many_steps")
+            raise _Failed("card_not_ready", "The card keeps failing; try again later.")
         now = datetime.now(BEIJING)
         date, time = bcd_date(now), bcd_time(now)
         mac2 = self.ism.mac2(*key, facts, date, time)
@@ -394,6 +413,26 @@ class Engine:
         command = A.CreditForLoad(date, time, mac2).to_bytes()
         s = await _update_session(conn, s.id, phase=Phase.CREDIT, apdu=command, step=s.step + 1)
         return _step(s)
+
+    async def _not_loadable(
+        self, conn: asyncpg.Connection, s: Session, load: Load, order: orders.Order
+    ) -> str | None:
+        """Why this INITIALIZE may not go on to CREDIT (the order, locked, as it is now), or
+        None. An INITIALIZE that only read the counter of another rider's unsure load, or of a
+        top-up changed since (a partial refund), loads nothing."""
+        if order.state is not State.PENDING_LOAD or await _has_live_load(conn, order.id):
+            return "order_not_loadable"
+        if order.amount_fen - order.refunded_fen != load.amount_fen:
+            return "order_changed"
+        if order.rider_id != s.rider_id or order.card_asn != s.card_asn:
+            return "not_this_riders"
+        tries: int = await conn.fetchval(
+            "SELECT count(*) FROM ota_loads WHERE session_id = $1 AND order_id = $2",
+            s.id, order.id,
+        )  # fmt: skip
+        if tries > TRIES_PER_SESSION_MAX:
+            return "retry_later"
+        return None
 
     async def _on_credit(
         self, conn: asyncpg.Connection, s: Session, load: Load, answer: A.ResponseApdu
@@ -427,26 +466,29 @@ class Engine:
         await _update_load(conn, load, LoadState.HELD, evidence={**load.evidence, **evidence})
         return await _update_session(conn, s.id, held=[*s.held, load.order_id])
 
-    async def _settle_by_counter(self, conn: asyncpg.Connection, s: Session, counter: int) -> (
-        Session
-    ):  # fmt: skip
+    async def _settle_by_counter(
+        self, conn: asyncpg.Connection, s: Session, counter: int, balance_fen: int
+    ) -> Session:
         """The unsure load whose card answered `94 06`: its counter unchanged means the card
         was not credited; moved, nobody can tell: an operator decides."""
         assert s.resolving_id is not None
         unsure = await _lock_load(conn, s.resolving_id)
         s = await _update_session(conn, s.id, resolving_id=None)
+        if unsure.state is not LoadState.UNSURE:  # an operator settled it meanwhile
+            return s
         if counter == unsure.online_counter:
             await _update_load(conn, unsure, LoadState.NOT_CREDITED)
             return s
-        return await self._hold(conn, s, unsure, {"why": "counter_moved", "counter_now": counter})
+        evidence = {"why": "counter_moved", "counter_now": counter, "balance_now_fen": balance_fen}
+        return await self._hold(conn, s, unsure, evidence)
 
     async def _seen(self, conn: asyncpg.Connection, load: Load, balance: int, counter: int) -> None:
-        card = await _lock_card(conn, load.card_asn)
+        card = await lock_card(conn, load.card_asn)
         assert card is not None
         difference = balance - card["chip_balance_fen"]
         if difference:
             float_id = await open_account(conn, AccountKind.CARD_FLOAT, load.card_asn)
-            suspense = await open_account(conn, AccountKind.SUSPENSE, SUSPENSE_OWNER)
+            suspense = await open_account(conn, AccountKind.SUSPENSE, suspense_owner(load.card_asn))
             await post(
                 conn, TxnKind.CARD_BALANCE_SEEN,
                 [Leg(suspense, -difference), Leg(float_id, difference)],
@@ -489,13 +531,16 @@ class Engine:
                 s.balance_fen, s.loaded_fen, s.loaded, s.held
             )))  # fmt: skip
         amount = order.amount_fen - order.refunded_fen
+        load_id = await conn.fetchval("SELECT nextval(pg_get_serial_sequence('ota_loads', 'id'))")
+        terminal_id = self.terminal_id(load_id)
         row = await conn.fetchrow(
-            f"INSERT INTO ota_loads (session_id, order_id, card_asn, amount_fen, key_index, "  # noqa: S608
-            f"terminal_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_LOAD_COLUMNS}",
-            s.id, order.id, s.card_asn, amount, self.key_index, self.terminal_id,
+            f"INSERT INTO ota_loads (id, session_id, order_id, card_asn, amount_fen, key_index, "  # noqa: S608
+            f"terminal_id) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7) "
+            f"RETURNING {_LOAD_COLUMNS}",
+            load_id, s.id, order.id, s.card_asn, amount, self.key_index, terminal_id,
         )  # fmt: skip
         assert row is not None
-        command = A.InitializeForLoad(self.key_index, amount, self.terminal_id)
+        command = A.InitializeForLoad(self.key_index, amount, terminal_id)
         s = await _update_session(
             conn, s.id, phase=Phase.INITIALIZE, apdu=command.to_bytes(), load_id=row["id"],
             step=s.step + 1,
@@ -506,6 +551,11 @@ class Engine:
         """The session's next order to load: pending, not tried in this session, no attempt
         of it live elsewhere. While a `94 06` waits for a counter, the unsure load's own order
         will do for the INITIALIZE that reads it."""
+        if s.resolving_id is not None:
+            # The counter is read with the unsure load's own order: nothing else is loaded
+            # until that load is settled.
+            unsure = await _lock_load(conn, s.resolving_id)
+            return await orders.get(conn, unsure.order_id)
         order_id = await conn.fetchval(
             """SELECT o.id FROM topup_orders o
                 WHERE o.id = ANY($1::bigint[]) AND o.state = 'pending_load'
@@ -515,9 +565,6 @@ class Engine:
                 ORDER BY array_position($1::bigint[], o.id) LIMIT 1""",
             s.order_ids, s.id,
         )  # fmt: skip
-        if order_id is None and s.resolving_id is not None:
-            unsure = await _lock_load(conn, s.resolving_id)
-            order_id = unsure.order_id
         if order_id is None:
             return None
         order = await orders.get(conn, order_id)
@@ -535,13 +582,16 @@ async def complete_load(
     was posted as seen, against suspense), the money goes to suspense instead: the card float
     counts it already."""
     db.assert_in_transaction(conn)
-    assert load.online_counter is not None and load.balance_fen is not None
-    card = await _lock_card(conn, load.card_asn)
+    assert load.online_counter is not None
+    card = await lock_card(conn, load.card_asn)  # card, order, then accounts: the lock order
     assert card is not None
+    order = await orders.lock(conn, load.order_id)
+    assert order.state is State.PENDING_LOAD, "a live load keeps its order waiting"
+    assert order.amount_fen - order.refunded_fen == load.amount_fen, "checked before MAC2"
     seen_since = card["online_counter"] is not None and card["online_counter"] > load.online_counter
     pending = await open_account(conn, AccountKind.PENDING_LOAD, load.card_asn)
     if seen_since:
-        target = await open_account(conn, AccountKind.SUSPENSE, SUSPENSE_OWNER)
+        target = await open_account(conn, AccountKind.SUSPENSE, suspense_owner(load.card_asn))
     else:
         target = await open_account(conn, AccountKind.CARD_FLOAT, load.card_asn)
     await post(
@@ -550,15 +600,20 @@ async def complete_load(
     )  # fmt: skip
     if not seen_since:
         await conn.execute(
-            "UPDATE cards SET chip_balance_fen = $2, online_counter = $3, updated_at = now() "
-            "WHERE asn = $1",
-            load.card_asn, load.balance_fen + load.amount_fen, load.online_counter + 1,
+            "UPDATE cards SET chip_balance_fen = chip_balance_fen + $2, online_counter = $3, "
+            "updated_at = now() WHERE asn = $1",
+            load.card_asn, load.amount_fen, load.online_counter + 1,
         )  # fmt: skip
     await _update_load(conn, load, LoadState.COMPLETED, tac=tac,
                        evidence={**load.evidence, **evidence})  # fmt: skip
-    order = await orders.lock(conn, load.order_id)
     loaded = await orders.move(conn, order, State.LOADED)
     await partner_topups.order_moved(conn, loaded, config)
+
+
+def suspense_owner(asn: str) -> str:
+    """Where a card's balance changes this gateway did not cause wait for clearing: one
+    suspense account per card, so that no first contact queues behind another's."""
+    return f"card:{asn}"
 
 
 # ---------------------------------------------------------------------- rows
@@ -585,7 +640,7 @@ def _refusal(sw: int) -> _Failed:
     return _Failed("card_refused", f"The card refused ({A.StatusWord.describe(sw)}).")
 
 
-async def _lock_card(conn: asyncpg.Connection, asn: str) -> asyncpg.Record | None:
+async def lock_card(conn: asyncpg.Connection, asn: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT asn, rider_id, status, chip_balance_fen, online_counter, balance_max_fen "
         "FROM cards WHERE asn = $1 FOR UPDATE",
@@ -635,11 +690,14 @@ async def lock_load(conn: asyncpg.Connection, load_id: int) -> Load | None:
     return None if row is None else _load(row)
 
 
-async def loads_in_state(conn: asyncpg.Connection | asyncpg.Pool, state: LoadState) -> list[Load]:
+async def unsettled_loads(
+    conn: asyncpg.Connection | asyncpg.Pool, limit: int, after_id: int | None
+) -> list[Load]:
     rows = await conn.fetch(
-        f"SELECT {_LOAD_COLUMNS} FROM ota_loads WHERE state = $1 ORDER BY id",  # noqa: S608
-        state.value,
-    )
+        f"SELECT {_LOAD_COLUMNS} FROM ota_loads WHERE state IN ('unsure', 'held') "  # noqa: S608
+        "AND id > $1 ORDER BY id LIMIT $2",
+        after_id or 0, limit,
+    )  # fmt: skip
     return [_load(row) for row in rows]
 
 
