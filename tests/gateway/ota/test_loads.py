@@ -90,6 +90,13 @@ class Phone:
             session = await response.json()
         return session
 
+    async def until_credit(self, order_id: int) -> dict[str, Any]:
+        """A session for the order, INITIALIZE relayed: CREDIT FOR LOAD is next."""
+        session = await (await self.start(order_id)).json()
+        session = await (await self.answer(session, self.transmit(session))).json()
+        assert instruction(session["next_apdu"]) == CREDIT, session
+        return session
+
     async def load(self, order_id: int | None = None) -> dict[str, Any]:
         started = await self.start(order_id)
         assert started.status == 201, await started.text()
@@ -134,6 +141,15 @@ async def ledger_of_card(pool: asyncpg.Pool, asn: str) -> dict[str, int]:
     return {row["kind"]: row["balance_fen"] for row in rows}
 
 
+async def card_with_paid_topup(
+    gateway: ClientT, sandboxes: Sandboxes, amount_fen: int = 2_000, balance_fen: int = 5_000
+) -> tuple[SoftwareCard, make.RiderLogin, int]:
+    """A new card (5,000 fen on it), linked by a new rider, and a paid top-up waiting for it."""
+    card = new_card(balance_fen)
+    rider = await linked_rider(gateway, card)
+    return card, rider, await paid_card_topup(gateway, sandboxes, rider, card, amount_fen)
+
+
 # ---------------------------------------------------------------------- the happy path
 async def test_a_paid_card_top_up_reaches_the_chip(
     gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
@@ -172,9 +188,7 @@ async def test_a_paid_card_top_up_reaches_the_chip(
 async def test_a_lost_reply_is_asked_again_and_gets_the_same_step(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
     session = await (await phone.start(order)).json()
     initialized = phone.transmit(session)
@@ -193,9 +207,7 @@ async def test_a_lost_reply_is_asked_again_and_gets_the_same_step(
 async def test_a_tear_before_initialize_leaves_nothing_to_settle(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
     abandoned = await phone.start(order)  # INITIALIZE handed out, never reaches the card
     assert abandoned.status == 201
@@ -206,9 +218,7 @@ async def test_a_tear_before_initialize_leaves_nothing_to_settle(
 async def test_a_tear_after_initialize_leaves_nothing_to_settle(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
     session = await (await phone.start(order)).json()
     phone.transmit(session)  # the card answered INITIALIZE; the phone lost the card
@@ -229,12 +239,9 @@ async def test_a_tear_during_credit_for_load_is_settled_on_the_next_session(
     """CREDIT FOR LOAD reached the card (which credited, or left the field first) but no answer
     reached the phone. The next session proves it: GET TRANSACTION PROVE gives the proof (the
     load completes, never twice), or 94 06 and an unchanged counter (the order loads again)."""
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     card.tear_after(1, commit=credited)
     with pytest.raises(CardTorn):
         phone.transmit(session)
@@ -256,12 +263,9 @@ async def test_a_tear_during_credit_for_load_is_settled_on_the_next_session(
 async def test_a_tac_lost_between_phone_and_gateway_is_proven_on_the_next_session(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     phone.transmit(session)  # the card credited and answered its TAC; the phone went offline
     assert card.balance_fen == 7_000
 
@@ -294,12 +298,9 @@ async def test_a_card_with_other_keys_is_refused_and_nothing_moves(
 async def test_a_forged_or_replayed_tac_is_not_taken_and_the_card_is_asked_for_proof(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     real = phone.transmit(session)  # the card credits and answers its TAC ...
     forged = await phone.answer(session, bytes(4) + b"\x90\x00")  # ... the phone sends another
     assert forged.status == 200
@@ -315,9 +316,7 @@ async def test_a_forged_or_replayed_tac_is_not_taken_and_the_card_is_asked_for_p
 async def test_two_sessions_for_one_order_only_one_loads(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     first, second = Phone(gateway, rider, card), Phone(gateway, rider, card)
     started = await asyncio.gather(first.start(order), second.start(order))
     assert [r.status for r in started] == [201, 201]
@@ -334,9 +333,7 @@ async def test_two_sessions_for_one_order_only_one_loads(
 async def test_another_riders_order_or_session_is_not_found(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     other_card = new_card()
     other = await linked_rider(gateway, other_card)
     response = await Phone(gateway, other, other_card).start(order)
@@ -354,9 +351,7 @@ async def test_another_riders_order_or_session_is_not_found(
 async def test_bad_input_is_refused_and_changes_nothing(
     gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
     read = phone.read()
     other = new_card()
@@ -409,12 +404,9 @@ def load_elsewhere(card: SoftwareCard, amount_fen: int) -> None:
 async def test_a_load_nobody_can_prove_is_held_and_an_operator_settles_it(
     gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool, config: Config
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     card.tear_after(1, commit=False)
     with pytest.raises(CardTorn):
         phone.transmit(session)  # unsure: the card did not credit, but who can tell yet
@@ -455,12 +447,9 @@ async def test_a_load_nobody_can_prove_is_held_and_an_operator_settles_it(
 async def test_a_top_up_that_may_be_on_the_chip_is_not_refunded_until_settled(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     phone.transmit(session)  # CREDIT handed out and done; the gateway never hears back
 
     async def refund() -> Any:

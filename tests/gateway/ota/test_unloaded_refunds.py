@@ -17,6 +17,7 @@ from gateway.topups.service import TOPUPS
 from tests.gateway import identity_helpers as make
 from tests.gateway.ota.test_loads import (
     Phone,
+    card_with_paid_topup,
     ledger_of_card,
     linked_rider,
     new_card,
@@ -65,12 +66,9 @@ async def test_a_top_up_never_loaded_goes_back_through_its_channel_after_n_days(
 async def test_a_top_up_that_may_be_on_the_chip_is_not_refunded(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     phone.transmit(session)  # CREDIT reached the card; its TAC never reached us
     await gateway.server.app[OTA].refund_unloaded(later(DAYS + 1))
     assert await status_of(gateway, rider, order) == "pending_load"

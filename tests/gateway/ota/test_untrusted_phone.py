@@ -24,6 +24,7 @@ from tests.gateway.ota.test_loads import (
     PROVE,
     Phone,
     asn_of,
+    card_with_paid_topup,
     instruction,
     ledger_of_card,
     linked_rider,
@@ -55,8 +56,7 @@ async def unsure(gateway: ClientT, rider: make.RiderLogin, card: SoftwareCard, o
 ):  # fmt: skip
     """CREDIT FOR LOAD handed out; the card leaves the field before doing it."""
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     card.tear_after(1, commit=False)
     with pytest.raises(CardTorn):
         phone.transmit(session)
@@ -112,9 +112,7 @@ async def test_a_forged_9406_and_a_kept_initialize_answer_cannot_undo_a_credit(
 async def test_an_unsure_load_of_a_lost_card_is_settled_by_an_operator(
     gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool, config: Config
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     await unsure(gateway, rider, card, order)
     started = await Phone(gateway, rider, card).start(order)  # supersedes: unsure
     assert instruction((await started.json())["next_apdu"]) == PROVE
@@ -140,9 +138,7 @@ async def test_an_unsure_load_of_a_lost_card_is_settled_by_an_operator(
 async def test_a_session_stops_when_the_card_is_reported_lost(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
     session = await (await phone.start(order)).json()
     lost = await gateway.post(f"/v1/cards/{asn_of(card)}/report-lost", headers=rider.auth)
@@ -176,9 +172,7 @@ async def test_a_relinked_card_settles_but_never_loads_the_former_riders_top_up(
 async def test_a_card_that_keeps_failing_stops_within_bounds(
     gateway: ClientT, sandboxes: Sandboxes
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
     session = await (await phone.start(order)).json()
     for _ in range(50):  # every CREDIT answered 69 85, as by a card reset each time
@@ -198,12 +192,9 @@ async def test_a_card_that_keeps_failing_stops_within_bounds(
 async def test_a_refund_waiting_on_the_order_does_not_deadlock_with_its_tac(
     gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     phone = Phone(gateway, rider, card)
-    session = await (await phone.start(order)).json()
-    session = await (await phone.answer(session, phone.transmit(session))).json()
+    session = await phone.until_credit(order)
     tac = phone.transmit(session)
     async with pool.acquire() as conn:
         refund_tx = conn.transaction()
@@ -223,9 +214,7 @@ async def test_a_refund_waiting_on_the_order_does_not_deadlock_with_its_tac(
 async def test_an_operator_and_a_new_session_at_once_do_not_deadlock(
     gateway: ClientT, sandboxes: Sandboxes, pool: asyncpg.Pool, config: Config
 ) -> None:
-    card = new_card()
-    rider = await linked_rider(gateway, card)
-    order = await paid_card_topup(gateway, sandboxes, rider, card)
+    card, rider, order = await card_with_paid_topup(gateway, sandboxes)
     other = await paid_card_topup(gateway, sandboxes, rider, card, 1_000)
     await unsure(gateway, rider, card, order)
     await Phone(gateway, rider, card).start(other)  # supersedes: the first load is unsure
