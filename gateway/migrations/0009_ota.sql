@@ -70,6 +70,9 @@ CREATE UNIQUE INDEX ota_loads_one_per_order ON ota_loads (order_id)
     WHERE state IN ('initialized', 'crediting', 'completed', 'unsure', 'held');
 CREATE INDEX ota_loads_card_open ON ota_loads (card_asn)
     WHERE state IN ('crediting', 'unsure', 'held');
+CREATE INDEX ota_loads_order ON ota_loads (order_id, session_id);  -- an order's attempts
+CREATE INDEX ota_loads_session ON ota_loads (session_id);
+CREATE INDEX ota_loads_unsettled ON ota_loads (id) WHERE state IN ('unsure', 'held');
 
 CREATE TABLE ota_load_transitions (
     from_state text NOT NULL,

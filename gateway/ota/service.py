@@ -105,7 +105,8 @@ class Ota:
             asn = await conn.fetchval("SELECT card_asn FROM ota_loads WHERE id = $1", load_id)
             if asn is None:
                 raise errors.NOT_FOUND.error()
-            await sessions.lock_card(conn, asn)  # the card first: the sessions' lock order
+            card = await sessions.lock_card(conn, asn)  # the card first: the sessions' lock order
+            assert card is not None
             load = await sessions.lock_load(conn, load_id)
             assert load is not None
             if load.state not in (LoadState.HELD, LoadState.UNSURE):
@@ -118,7 +119,8 @@ class Ota:
             )  # fmt: skip
             decision = {"operator": operator, "outcome": outcome, "reason": reason}
             if credited:
-                await sessions.complete_load(conn, self.config, load, None, {"decision": decision})
+                evidence = {"decision": decision}
+                await sessions.complete_load(conn, self.config, load, None, evidence, card)
             else:
                 await conn.execute(
                     "UPDATE ota_loads SET state = 'not_credited', evidence = evidence || $2 "

@@ -309,34 +309,37 @@ class Engine:
         try:
             if card is None or card["status"] != "active" or card["rider_id"] != rider_id:
                 raise _Failed("card_not_linked", "This card is no longer linked to you.")
-            outcome = await self._dispatch(conn, session, answer)
+            outcome = await self._dispatch(conn, session, answer, card)
         except _Failed as failed:
             outcome = await self._fail(conn, session, failed)
         await _remember(conn, session.id, rapdu, outcome)
         return outcome
 
-    async def _dispatch(self, conn: asyncpg.Connection, s: Session, answer: A.ResponseApdu) -> (
-        Answer
-    ):  # fmt: skip
+    async def _dispatch(
+        self, conn: asyncpg.Connection, s: Session, answer: A.ResponseApdu, card: asyncpg.Record
+    ) -> Answer:
+        """`card`: the card's row, locked for this step (each step changes it at most once,
+        and last)."""
         assert s.load_id is not None
         load = await _lock_load(conn, s.load_id)
         if s.phase is Phase.PROVE and load.state is not LoadState.UNSURE:
             return await self._next(conn, s)  # an operator settled it meanwhile
         if s.phase is Phase.PROVE:
-            s = await self._on_prove(conn, s, load, answer)
+            s = await self._on_prove(conn, s, load, answer, card)
         elif s.phase is Phase.INITIALIZE:
-            credit = await self._on_initialize(conn, s, load, answer)
+            credit = await self._on_initialize(conn, s, load, answer, card)
             if isinstance(credit, Answer):
                 return credit
             s = credit
         else:
-            s = await self._on_credit(conn, s, load, answer)
+            s = await self._on_credit(conn, s, load, answer, card)
         return await self._next(conn, s)
 
     # ------------------------------------------------------------------ the phases
     async def _on_prove(
-        self, conn: asyncpg.Connection, s: Session, load: Load, answer: A.ResponseApdu
-    ) -> Session:
+        self, conn: asyncpg.Connection, s: Session, load: Load, answer: A.ResponseApdu,
+        card: asyncpg.Record,
+    ) -> Session:  # fmt: skip
         """An unsure load's GET TRANSACTION PROVE answer."""
         evidence = {"prove_answer": answer.to_bytes().hex()}
         if answer.ok and len(answer.data) == 8:
@@ -347,7 +350,7 @@ class Engine:
                                       proof.mac2, proof.tac)  # fmt: skip
             except (MacError, UnknownCardKey):
                 return await self._hold(conn, s, load, {**evidence, "why": "proof_invalid"})
-            await self._complete(conn, load, proof.tac, evidence)
+            await complete_load(conn, self.config, load, proof.tac, evidence, card)
             return await _loaded(conn, s, load)
         if answer.sw == A.StatusWord.NO_TRANSACTION_PROOF:
             await _update_load(conn, load, evidence={**load.evidence, **evidence})
@@ -356,8 +359,9 @@ class Engine:
         raise _Failed("card_not_ready", "The card did not answer; hold it to the phone again.")
 
     async def _on_initialize(
-        self, conn: asyncpg.Connection, s: Session, load: Load, answer: A.ResponseApdu
-    ) -> Session | Answer:
+        self, conn: asyncpg.Connection, s: Session, load: Load, answer: A.ResponseApdu,
+        card: asyncpg.Record,
+    ) -> Session | Answer:  # fmt: skip
         """INITIALIZE FOR LOAD's answer: MAC1 checked, MAC2 made and put on record, CREDIT FOR
         LOAD handed out; or the session as it is when this order cannot be loaded now."""
         if not answer.ok:
@@ -380,22 +384,19 @@ class Engine:
             await _fail_load(conn, load, "unknown_key" if isinstance(exc, UnknownCardKey)
                              else "mac1_invalid")  # fmt: skip
             raise _Failed("card_not_genuine", "This card cannot be loaded here.") from None
-        card = await lock_card(conn, load.card_asn)
-        assert card is not None
         if card["online_counter"] is not None and init.online_counter < card["online_counter"]:
             # A genuine card's counter never goes back: an answer kept from before.
             await _fail_load(conn, load, "counter_went_back")
             raise _Failed("card_not_genuine", "This card cannot be loaded here.")
         order = await orders.lock(conn, load.order_id)  # before any ledger account (lock order)
         # The balance and counter are now the card's own: the card float follows them.
-        await self._seen(conn, load, init.balance_fen, init.online_counter)
-        s = await _update_session(conn, s.id, balance_fen=init.balance_fen)
+        await _seen(conn, load, card, init.balance_fen, init.online_counter)
         if s.resolving_id is not None:
             s = await self._settle_by_counter(conn, s, init.online_counter, init.balance_fen)
         why_not = await self._not_loadable(conn, s, load, order)
         if why_not is not None:
             await _fail_load(conn, load, why_not)
-            return s
+            return await _update_session(conn, s.id, balance_fen=init.balance_fen)
         if init.balance_fen + load.amount_fen > card["balance_max_fen"]:
             await _fail_load(conn, load, "card_balance_ceiling")
             raise _Failed("card_balance_ceiling", "The card cannot hold that much.")
@@ -411,7 +412,10 @@ class Engine:
         )  # fmt: skip
         load = await _update_load(conn, load, LoadState.CREDITING, date=date, time=time, mac2=mac2)
         command = A.CreditForLoad(date, time, mac2).to_bytes()
-        s = await _update_session(conn, s.id, phase=Phase.CREDIT, apdu=command, step=s.step + 1)
+        s = await _update_session(
+            conn, s.id, phase=Phase.CREDIT, apdu=command, step=s.step + 1,
+            balance_fen=init.balance_fen,
+        )  # fmt: skip
         return _step(s)
 
     async def _not_loadable(
@@ -435,8 +439,9 @@ class Engine:
         return None
 
     async def _on_credit(
-        self, conn: asyncpg.Connection, s: Session, load: Load, answer: A.ResponseApdu
-    ) -> Session:
+        self, conn: asyncpg.Connection, s: Session, load: Load, answer: A.ResponseApdu,
+        card: asyncpg.Record,
+    ) -> Session:  # fmt: skip
         """CREDIT FOR LOAD's answer: a TAC that verifies completes the load; anything else
         leaves it unsure, and the card is asked for its proof at once."""
         evidence = {"credit_answer": answer.to_bytes().hex()}
@@ -447,19 +452,12 @@ class Engine:
             except (MacError, UnknownCardKey):
                 evidence["why"] = "tac_invalid"
             else:
-                await self._complete(conn, load, answer.data, evidence)
+                await complete_load(conn, self.config, load, answer.data, evidence, card)
                 return await _loaded(conn, s, load)
         await _update_load(conn, load, LoadState.UNSURE, evidence={**load.evidence, **evidence})
         return s
 
     # ------------------------------------------------------------------ outcomes
-    async def _complete(
-        self, conn: asyncpg.Connection, load: Load, tac: bytes, evidence: dict[str, Any]
-    ) -> None:
-        """The load is on the chip (a verified TAC or proof): pending load -> card float, the
-        order loaded, the card's last known balance and counter moved on."""
-        await complete_load(conn, self.config, load, tac, evidence)
-
     async def _hold(
         self, conn: asyncpg.Connection, s: Session, load: Load, evidence: dict[str, Any]
     ) -> Session:
@@ -481,24 +479,6 @@ class Engine:
             return s
         evidence = {"why": "counter_moved", "counter_now": counter, "balance_now_fen": balance_fen}
         return await self._hold(conn, s, unsure, evidence)
-
-    async def _seen(self, conn: asyncpg.Connection, load: Load, balance: int, counter: int) -> None:
-        card = await lock_card(conn, load.card_asn)
-        assert card is not None
-        difference = balance - card["chip_balance_fen"]
-        if difference:
-            float_id = await open_account(conn, AccountKind.CARD_FLOAT, load.card_asn)
-            suspense = await open_account(conn, AccountKind.SUSPENSE, suspense_owner(load.card_asn))
-            await post(
-                conn, TxnKind.CARD_BALANCE_SEEN,
-                [Leg(suspense, -difference), Leg(float_id, difference)],
-                ref=f"card-seen:{load.id}", memo=f"card {load.card_asn} balance as verified",
-            )  # fmt: skip
-        await conn.execute(
-            "UPDATE cards SET chip_balance_fen = $2, online_counter = $3, updated_at = now() "
-            "WHERE asn = $1",
-            load.card_asn, balance, counter,
-        )  # fmt: skip
 
     async def _fail(self, conn: asyncpg.Connection, s: Session, failed: _Failed) -> Answer:
         await _update_session(conn, s.id, state=SessionState.FAILED, phase=None,
@@ -572,9 +552,30 @@ class Engine:
         return order if order.state is State.PENDING_LOAD else None
 
 
+async def _seen(
+    conn: asyncpg.Connection, load: Load, card: asyncpg.Record, balance: int, counter: int
+) -> None:
+    """A verified balance and counter of the card (`card`: its locked row): the last known
+    ones from now on, and the card float follows; what we did not cause waits in suspense."""
+    difference = balance - card["chip_balance_fen"]
+    if difference:
+        float_id = await open_account(conn, AccountKind.CARD_FLOAT, load.card_asn)
+        suspense = await open_account(conn, AccountKind.SUSPENSE, suspense_owner(load.card_asn))
+        await post(
+            conn, TxnKind.CARD_BALANCE_SEEN,
+            [Leg(suspense, -difference), Leg(float_id, difference)],
+            ref=f"card-seen:{load.id}", memo=f"card {load.card_asn} balance as verified",
+        )  # fmt: skip
+    await conn.execute(
+        "UPDATE cards SET chip_balance_fen = $2, online_counter = $3, updated_at = now() "
+        "WHERE asn = $1",
+        load.card_asn, balance, counter,
+    )  # fmt: skip
+
+
 async def complete_load(
     conn: asyncpg.Connection, config: Config, load: Load, tac: bytes | None,
-    evidence: dict[str, Any],
+    evidence: dict[str, Any], card: asyncpg.Record,
 ) -> None:  # fmt: skip
     """A load known to be on the chip (a verified TAC or proof, or an operator's decision):
     `ota_load` from the card's pending load, the order `loaded`, the card's last known balance
@@ -583,8 +584,7 @@ async def complete_load(
     counts it already."""
     db.assert_in_transaction(conn)
     assert load.online_counter is not None
-    card = await lock_card(conn, load.card_asn)  # card, order, then accounts: the lock order
-    assert card is not None
+    # `card`: the card's row, locked by the caller; then the order, then the accounts.
     order = await orders.lock(conn, load.order_id)
     assert order.state is State.PENDING_LOAD, "a live load keeps its order waiting"
     assert order.amount_fen - order.refunded_fen == load.amount_fen, "checked before MAC2"
@@ -702,11 +702,14 @@ async def unsettled_loads(
 
 
 async def _loads_of_card(conn: asyncpg.Connection, asn: str, state: LoadState) -> list[Load]:
+    assert state in (LoadState.UNSURE, LoadState.HELD)  # the states ota_loads_card_open covers
+    # The state is written into the statement (an enum's value, not input), so that each
+    # statement's plan is the partial index's, whatever plan asyncpg's cache settles on.
     rows = await conn.fetch(
-        f"SELECT {_LOAD_COLUMNS} FROM ota_loads WHERE card_asn = $1 AND state = $2 "  # noqa: S608
-        "ORDER BY id FOR UPDATE",
-        asn, state.value,
-    )  # fmt: skip
+        f"SELECT {_LOAD_COLUMNS} FROM ota_loads WHERE card_asn = $1 "  # noqa: S608
+        f"AND state = '{state.value}' ORDER BY id FOR UPDATE",
+        asn,
+    )
     return [_load(row) for row in rows]
 
 
