@@ -16,7 +16,10 @@ import signal
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Coroutine
 from dataclasses import fields
+from types import FrameType
+from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -34,22 +37,40 @@ from gateway.logs import setup_logging
 from gateway.metrics import shared_directory
 
 log = logging.getLogger("onecard")
+T = TypeVar("T")
 
 WORKER_STOP_TIMEOUT_S = 15
 PARENT_CHECK_S = 1.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    """Exit 0 when stopped by SIGINT or SIGTERM, however early (once this runs); 1 when a
+    sandbox does not start (one line on stderr naming its port)."""
+    signals = _StopSignals()
+    try:
+        return _serve_beside_sandboxes(args, config, signals)
+    except KeyboardInterrupt:
+        signals.ignore()
+        log.info("stopped while starting", extra={"pid": os.getpid()})
+        return 0
+    except sandboxes.StartError as exc:
+        print(f"onecard: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve_beside_sandboxes(args: argparse.Namespace, config: Config, signals: _StopSignals) -> int:
     workers = args.workers or config.workers
     load_kek(config)  # fail now, not in every worker
     with services(config) as ready:
-        applied = run_async(db.migrate(ready.database_url))
+        applied = signals.run(db.migrate(ready.database_url))
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         with sandboxes_beside(ready):
             if workers == 1:
-                run_async(_serve(ready, reuse_port=False, jobs=not args.no_jobs))
+                signals.run(_serve(ready, reuse_port=False, jobs=not args.no_jobs))
+                signals.ignore()  # the sandboxes still stop
                 return 0
             with shared_directory(ready.data_dir) as metrics_dir:
                 return _supervise(
@@ -57,19 +78,108 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
                 )
 
 
+class _StopSignals:
+    """SIGINT and SIGTERM from the start of `serve` (or `sandbox`) until its server listens and
+    installs its own handlers: the first one stops the process in order, every `with` and
+    `finally` runs (the sandboxes and the embedded servers stop); later ones change nothing
+    (each step of the stop has its own time limit).
+
+    Outside an event loop the signal raises KeyboardInterrupt. In a loop run by `run` it
+    cancels the loop's main task (raised in the middle of the loop's own code, it could leave
+    a connection or the loop itself half made), and `run` raises KeyboardInterrupt once the
+    loop is closed; while `run` makes or closes the loop, the signal waits. In a loop run
+    elsewhere (`run_with_tools`), asyncio's own SIGINT handler does the same as `run`."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.held = False
+        self.pending = False
+        self.stopping = False
+        self._release()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """`run_async(coroutine)`, stopped as above."""
+        self._hold()
+        try:
+            result = run_async(self._main(coroutine))
+        except (Exception, asyncio.CancelledError):
+            if self.stopping:
+                raise KeyboardInterrupt from None  # whatever the cancellation made of it
+            raise
+        finally:
+            self._release()
+        if self.stopping:
+            raise KeyboardInterrupt  # asked to stop as the coroutine ended
+        return result
+
+    async def _main(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        self.task = asyncio.current_task()
+        self.held = False
+        self._deliver_pending()
+        try:
+            return await coroutine
+        finally:
+            self.task = None
+            loop = asyncio.get_running_loop()
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)  # the server's, if it installed them
+            self._hold()
+
+    def ignore(self) -> None:
+        """From now on the process is stopping: a signal must not cut that short, nor kill it
+        once Python, exiting, restores the default actions of the signals it handled."""
+        self.stopping = True
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        if self.held:
+            self.pending = True
+            return
+        self.stopping = True
+        if self.task is not None:  # at its next await; `threadsafe` wakes the loop up
+            self.task.get_loop().call_soon_threadsafe(self.task.cancel)
+            return
+        interrupt = signal.getsignal(signal.SIGINT)  # Python's, or asyncio.Runner's in a loop
+        if not callable(interrupt) or interrupt == self._on_signal:
+            raise KeyboardInterrupt
+        interrupt(signal.SIGINT, frame)
+
+    def _hold(self) -> None:
+        self.held = True
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _release(self) -> None:
+        self.held = False
+        # SIGINT as Python has it, for the loops run elsewhere: asyncio.Runner then handles it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self._deliver_pending()
+
+    def _deliver_pending(self) -> None:
+        if self.pending:
+            self.pending = False
+            self._on_signal(signal.SIGTERM, None)
+
+
 async def _serve(
     config: Config, reuse_port: bool, jobs: bool, supervisor: int | None = None
 ) -> None:
     app = create_app(config, jobs=jobs)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
-    await site.start()
-    log.info("listening", extra={"url": f"http://{config.host}:{config.port}", "pid": os.getpid(),
-                                 "jobs": jobs})  # fmt: skip
-    await _until_stopped(supervisor)
-    log.info("stopping", extra={"pid": os.getpid()})
-    await runner.cleanup()
+    try:  # stopped while setting up (cancelled), what was opened is closed
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
+        await site.start()
+        log.info("listening", extra={"url": f"http://{config.host}:{config.port}",
+                                     "pid": os.getpid(), "jobs": jobs})  # fmt: skip
+        await _until_stopped(supervisor)
+        log.info("stopping", extra={"pid": os.getpid()})
+    finally:
+        await runner.cleanup()
 
 
 async def _until_stopped(supervisor: int | None = None) -> None:
@@ -161,8 +271,23 @@ async def _work(config: Config) -> None:
 
 # --------------------------------------------------------------------------- sandbox
 def cmd_sandbox(args: argparse.Namespace, config: Config) -> int:
-    """One channel's sandbox in the foreground (the tests and `make run` start them too)."""
-    run_async(sandboxes.serve(args.channel, config.host, args.port, config.data_dir))
+    """One channel's sandbox in the foreground (the tests and `onecard serve` start them too;
+    `--parent` and `--ready-fd` are how `serve` watches them and they watch it). A port it
+    cannot bind: one line, exit 1."""
+    if args.parent is not None and os.getppid() != args.parent:
+        log.warning("the gateway is gone; not starting", extra={"pid": os.getpid()})
+        return 0
+    signals = _StopSignals()  # until it listens, as `serve`
+    try:
+        signals.run(sandboxes.serve(
+            args.channel, config.host, args.port, config.data_dir,
+            until=lambda: _until_stopped(args.parent), ready_fd=args.ready_fd,
+        ))  # fmt: skip
+    except KeyboardInterrupt:
+        return 0
+    except sandboxes.StartError as exc:
+        print(f"onecard sandbox: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -241,6 +366,8 @@ def _register_platform(sub: SubParsers[argparse.ArgumentParser]) -> None:
         command=cmd_work
     )
     sandbox = sub.add_parser("sandbox", help="run one payment channel's sandbox")
+    sandbox.add_argument("--parent", type=int, help="(internal) stop once this process is gone")
+    sandbox.add_argument("--ready-fd", type=int, help="(internal) say `listening` on this pipe")
     sandbox.add_argument("channel", choices=["alipay", "wechatpay", "unionpay"])
     sandbox.add_argument("--port", type=int, required=True)
     sandbox.set_defaults(command=cmd_sandbox)
