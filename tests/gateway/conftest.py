@@ -83,6 +83,9 @@ async def config(database_url: str, server_urls: tuple[str, str]) -> AsyncIterat
         # Every test client calls from 127.0.0.1; the per-address limit has its own test.
         rate_public_per_s=10_000,
         rate_public_burst=10_000,
+        # Every gateway of the session reconciles every open order of the shared database,
+        # whichever test made it: none may wait the default 30 s to ask after one.
+        topup_query_after_s=1,
     )
     client = redis.Redis.from_url(server_urls[1])
     keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]

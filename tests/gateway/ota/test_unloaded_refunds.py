@@ -95,8 +95,11 @@ async def test_a_refund_the_channel_did_not_take_is_sent_again_by_the_reconciler
 
 
 async def test_a_partners_top_up_never_loaded_goes_back_to_its_float(
-    client: ClientT, pool: asyncpg.Pool, config: Config
+    gateway: ClientT, pool: asyncpg.Pool, config: Config
 ) -> None:
+    # Not the session's `client`: a gateway left running would reconcile other tests' orders
+    # with its own settings.
+    client = gateway
     partner = await make.partner(pool, config)
     card = new_card()
     rider = await linked_rider(client, card)
