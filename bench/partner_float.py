@@ -6,7 +6,7 @@ same top-ups with nothing hot, in the same run.
 A scratch database, RIDERS riders, and TOPUPS top-ups of AMOUNT_FEN each started at once (the
 pool lets POOL_SIZE run at a time). Each top-up does what `POST /v1/partner/topups` does in the
 database, with the same statements: claim the Idempotency-Key; then one transaction with
-`gateway.topups.partners.top_up` (rider by phone, the order created -> paid -> credited, the
+`gateway.topups.partners.top_up` (rider by phone, the order made paid, then credited, the
 webhook outbox, the `partner_topup` posting from the float) and the stored answer. No HTTP: the
 figure is what the hot row allows, not what one gateway process's HTTP and signature checks
 allow (`bench.idempotency` measures those).
@@ -16,8 +16,8 @@ Runs, each TOPUPS top-ups:
 - lanes: the float as `partners.LANES` lane accounts (how the gateway runs);
 - nothing hot: the same top-ups with each concurrent connection drawing from a float of its
   own (one lane each): what the hot float would reach if it cost nothing;
-- bare: the same 11 round trips as plain SQL on a bare pool (claim; BEGIN; rider by phone;
-  nextval; insert; two updates of the order; an insert of no rows, as the outbox of a
+- bare: the same 10 round trips as plain SQL on a bare pool (claim; BEGIN; rider by phone;
+  nextval; insert; one update of the order; an insert of no rows, as the outbox of a
   partner with no webhooks; one update of a balance row of the connection's own; the stored
   answer; COMMIT), no triggers, no ledger function, no domain code: the limit of the round
   trips themselves on this machine. The ratio printed is to this baseline.
@@ -156,10 +156,9 @@ async def bare_top_up(pool: asyncpg.Pool, lane: int, phone: str) -> None:
         await conn.fetchrow("SELECT id, wallet_account_id FROM riders WHERE phone = $1", phone)
         order_id = await conn.fetchval("SELECT nextval('bench_order_ids')")
         await conn.execute(
-            "INSERT INTO bench_orders (id, amount_fen, state) VALUES ($1, $2, 'created')",
+            "INSERT INTO bench_orders (id, amount_fen, state) VALUES ($1, $2, 'paid')",
             order_id, AMOUNT_FEN,
         )  # fmt: skip
-        await conn.execute("UPDATE bench_orders SET state = 'paid' WHERE id = $1", order_id)
         await conn.execute("UPDATE bench_orders SET state = 'credited' WHERE id = $1", order_id)
         await conn.execute("INSERT INTO bench_events SELECT $1, 'topup.paid' WHERE false", order_id)
         await conn.execute(

@@ -93,9 +93,10 @@ def trade_number(order_id: int, at: datetime) -> str:
 
 _INSERT = f"""
 INSERT INTO topup_orders (id, out_trade_no, source, rider_id, partner_key_id, channel, target,
-                          card_asn, amount_fen, expires_at, next_check_at)
+                          card_asn, amount_fen, expires_at, next_check_at, state, paid_fen,
+                          paid_at)
 OVERRIDING SYSTEM VALUE
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 RETURNING {_COLUMNS}
 """  # noqa: S608 - our own column list
 
@@ -103,14 +104,18 @@ RETURNING {_COLUMNS}
 async def insert(
     conn: asyncpg.Connection, *, source: str, rider_id: int, channel: str | None,
     partner_key_id: str | None, card_asn: str | None, amount_fen: int, expires_at: datetime,
-    next_check_at: datetime | None,
+    next_check_at: datetime | None, paid_at: datetime | None = None,
 ) -> Order:  # fmt: skip
+    """A new order, `created`; or already `paid` at `paid_at` (a partner's, paid from its
+    float as it is made: the one order that starts there)."""
     db.assert_in_transaction(conn)
+    assert paid_at is None or source == "partner"
     order_id = await conn.fetchval("SELECT nextval(pg_get_serial_sequence('topup_orders', 'id'))")
     row = await conn.fetchrow(
         _INSERT, order_id, trade_number(order_id, datetime.now(UTC)), source, rider_id,
         partner_key_id, channel, "card" if card_asn else "wallet", card_asn, amount_fen,
-        expires_at, next_check_at,
+        expires_at, next_check_at, State.CREATED if paid_at is None else State.PAID,
+        None if paid_at is None else amount_fen, paid_at,
     )  # fmt: skip
     assert row is not None
     return _order(row)

@@ -53,7 +53,7 @@ from gateway.topups.service import Topups
 from gateway.webhooks import outbox
 from gateway.webhooks.events import EventType
 
-LANES = 16
+LANES = 32
 FUNDING_OWNER = "partner-fundings"  # the suspense account partners' money arrives in
 MEMO_CHARS_MAX = 200
 
@@ -133,11 +133,11 @@ async def top_up(
     if target is None:
         await _refuse_unknown(conn, key_id, amount_fen)
     now = datetime.now(UTC)
-    order = await orders.insert(
+    paid = await orders.insert(
         conn, source="partner", rider_id=target.rider_id, channel=None, partner_key_id=key_id,
         card_asn=target.card_asn, amount_fen=amount_fen, expires_at=now, next_check_at=None,
+        paid_at=now,
     )  # fmt: skip
-    paid = await orders.move(conn, order, State.PAID, paid_fen=amount_fen, paid_at=now)
     done = await orders.move(conn, paid, State.PENDING_LOAD if card_asn else State.CREDITED)
     await _record_events(conn, topups.config, [paid, done], phone)
     # The posting comes last: the lane stays locked only until the commit that follows.

@@ -57,14 +57,14 @@ async def test_a_partner_tops_up_a_wallet_by_phone(
 ) -> None:
     partner = await make.partner(pool, config)
     rider = await make.rider(client)
-    await fund(pool, partner.key_id, 100_000)
+    await fund(pool, partner.key_id, 320_000)  # 10,000 a lane: one lane pays the top-up
     response = await top_up(client, partner, wallet(rider.phone), 5000)
     assert response.status == 201, await response.text()
     topup = await response.json()
     assert topup["status"] == "credited" and topup["amount_fen"] == 5000
     assert topup["target"] == {"wallet": {"phone": rider.phone}}
     assert await wallet_fen(client, rider) == 5000
-    assert await float_fen(client, partner) == 95_000
+    assert await float_fen(client, partner) == 315_000
     entries = await pool.fetch(
         "SELECT a.kind, e.amount_fen FROM ledger_txns t JOIN ledger_entries e ON e.txn_id = t.id "
         "JOIN ledger_accounts a ON a.id = e.account_id WHERE t.kind = 'partner_topup' "
