@@ -41,6 +41,7 @@ class CardRead:
 _UNLOADED = """
 SELECT o.id, o.channel FROM topup_orders o
  WHERE o.state = 'pending_load' AND o.paid_at < $1 AND o.flag IS NULL
+   AND (o.channel IS NULL OR o.channel = ANY($3::text[]))
    AND NOT EXISTS (SELECT 1 FROM ota_loads l WHERE l.order_id = o.id
                       AND l.state IN ('initialized', 'crediting', 'unsure', 'held'))
  ORDER BY o.paid_at LIMIT $2
@@ -79,17 +80,24 @@ class Ota:
     async def refund_unloaded(self, now: datetime) -> int:
         """Card top-ups paid more than `ota_refund_after_days` before `now` and still not
         loaded go back the way they were paid: through their channel, or to the partner's
-        float. How many were found (a full batch: call again)."""
+        float (a channel this gateway has no credentials for waits). How many were refunded
+        (a full batch: call again)."""
         days = self.config.ota_refund_after_days
         reason = f"not loaded onto the card within {days} days"
-        due = await self.pool.fetch(_UNLOADED, now - timedelta(days=days), REFUND_BATCH_MAX)
+        channels = [channel.value for channel in self.topups.channels.configured]
+        due = await self.pool.fetch(
+            _UNLOADED, now - timedelta(days=days), REFUND_BATCH_MAX, channels
+        )
+        refunded = 0
         for row in due:
             if row["channel"] is not None:
-                await self.topups.refund_unloaded(row["id"], reason)
+                refunded += await self.topups.refund_unloaded(row["id"], reason) is not None
                 continue
             async with self.pool.acquire() as conn, conn.transaction():
-                await partner_topups.refund_unloaded(conn, row["id"], reason, self.config)
-        return len(due)
+                refunded += await partner_topups.refund_unloaded(
+                    conn, row["id"], reason, self.config
+                )
+        return refunded
 
     # ------------------------------------------------------------------ operators
     async def unsettled(self, limit: int, after_id: int | None) -> list[Load]:
@@ -190,7 +198,7 @@ RELOAD_CARD_KEYS = Periodic("ota-reload-card-keys", RELOAD_KEYS_INTERVAL_S, _rel
 
 async def _refund_unloaded(app: web.Application) -> None:
     while await app[OTA].refund_unloaded(datetime.now(UTC)) == REFUND_BATCH_MAX:
-        pass  # a backlog: keep going until it is drained
+        pass  # a backlog: keep going while whole batches are refunded
 
 
 REFUND_UNLOADED = Periodic("ota-refund-unloaded", REFUND_UNLOADED_INTERVAL_S, _refund_unloaded)
