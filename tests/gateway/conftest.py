@@ -113,9 +113,10 @@ async def make_client(config: Config) -> AsyncIterator[ClientFactory]:
     async def start(
         extra_routes: list[RouteTable] | None = None,
         setup: Callable[[web.Application], None] | None = None,
+        jobs: bool = True,
         **changes: Any,
     ) -> TestClient[Any, Any]:
-        app = create_app(config.replace(**changes), extra_routes=extra_routes or [])
+        app = create_app(config.replace(**changes), extra_routes=extra_routes or [], jobs=jobs)
         if setup is not None:
             setup(app)
         client: TestClient[Any, Any] = TestClient(TestServer(app))

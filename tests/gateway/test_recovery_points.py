@@ -72,9 +72,12 @@ async def channel() -> AsyncIterator[StandInChannel]:
 
 @pytest.fixture
 async def test_client(make_client: Any, channel: StandInChannel, orders_table: None) -> ClientT:
+    # No background jobs: they share the pool, and these tests count the connections in use
+    # while a request calls out.
     client: ClientT = await make_client(
         extra_routes=[recovery_routes.routes],
         setup=lambda app: recovery_routes.install(app, channel.url, timeout_ms=TIMEOUT_MS),
+        jobs=False,
     )
     return client
 
