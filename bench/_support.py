@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from aiohttp import web
 
 from gateway import db, embedded
 
@@ -171,3 +172,34 @@ def report(name: str, value: float, unit: str, baseline: float, target: float) -
         f"ratio {ratio:.2f} ({verdict} target {target:.2f})",
         flush=True,
     )
+
+
+PROFILE_ENV = "BENCH_PROFILE"
+
+
+def run_server(app: web.Application, kind: str, port: int) -> None:
+    """Serve `app` on 127.0.0.1:`port` (on uvloop when it is installed); with BENCH_PROFILE=FILE
+    its CPU time is profiled into FILE.`kind`."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    profile = os.environ.get(PROFILE_ENV)
+    with _profiled(f"{profile}.{kind}" if profile else None):
+        web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
+
+
+@contextlib.contextmanager
+def _profiled(path: str | None) -> Iterator[None]:
+    if not path:
+        yield
+        return
+    import cProfile
+
+    profiler = cProfile.Profile(time.process_time)  # CPU time: waits and other processes left out
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)

@@ -89,7 +89,15 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from bench._support import bench_env, free_port, scratch_database, server_process, server_urls
+from bench._support import (
+    PROFILE_ENV,
+    bench_env,
+    free_port,
+    run_server,
+    scratch_database,
+    server_process,
+    server_urls,
+)
 from bench.topups import Meter, print_profile
 from gateway import db
 from gateway.app import create_app
@@ -118,7 +126,6 @@ TARGET_P50_MS = 5.0  # from the issue, on this machine
 TARGET_P99_MS = 15.0
 TARGET_STEPS_PER_S = 1_000
 RIDER_HEADER = "X-Bench-Rider"  # the bare app's stand-in for a bearer token
-PROFILE_ENV = "BENCH_PROFILE"
 PASSWORD = "correct horse battery"
 KEY_INDEX = Config.ota_key_index
 TERMINAL_PREFIX = bytes.fromhex(Config.ota_terminal_prefix)  # the terminal id: it ‖ the load id
@@ -372,30 +379,7 @@ def bare_app() -> web.Application:
 
 
 def serve(kind: str, port: int) -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = gateway_app() if kind == "gateway" else bare_app()
-    profile = os.environ.get(PROFILE_ENV)
-    with _profiled(f"{profile}.{kind}" if profile else None):
-        web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
-
-
-@contextlib.contextmanager
-def _profiled(path: str | None) -> Iterator[None]:
-    if not path:
-        yield
-        return
-    import cProfile
-
-    profiler = cProfile.Profile(time.process_time)  # CPU time: waits and other processes left out
-    profiler.enable()
-    try:
-        yield
-    finally:
-        profiler.disable()
-        profiler.dump_stats(path)
+    run_server(gateway_app() if kind == "gateway" else bare_app(), kind, port)
 
 
 # ------------------------------------------------------------------------- preparing

@@ -67,7 +67,15 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from bench._support import bench_env, free_port, scratch_database, server_process, server_urls
+from bench._support import (
+    PROFILE_ENV,
+    bench_env,
+    free_port,
+    run_server,
+    scratch_database,
+    server_process,
+    server_urls,
+)
 from gateway import db, idempotency
 from gateway.app import create_app
 from gateway.channels.commands import fetch_sandbox_credentials
@@ -90,7 +98,6 @@ AMOUNT_FEN = 5_000
 FLOW_TIMEOUT_S = 30.0
 CHANNEL_ENV = "BENCH_CHANNEL"
 SANDBOX_URL_ENV = "BENCH_SANDBOX_URL"
-PROFILE_ENV = "BENCH_PROFILE"
 TARGET_FLOWS_PER_S = 300  # from the issue, on a 2-core machine
 TARGET_P99_MS = 100.0  # at half that rate
 RIDER_HEADER = "X-Bench-Rider"  # the bare app's stand-in for a bearer token
@@ -227,30 +234,7 @@ def bare_app() -> web.Application:
 
 
 def serve(kind: str, port: int) -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = gateway_app() if kind == "gateway" else bare_app()
-    profile = os.environ.get(PROFILE_ENV)
-    with _profiled(f"{profile}.{kind}" if profile else None):
-        web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
-
-
-@contextlib.contextmanager
-def _profiled(path: str | None) -> Iterator[None]:
-    if not path:
-        yield
-        return
-    import cProfile
-
-    profiler = cProfile.Profile(time.process_time)  # CPU time: waits and other processes left out
-    profiler.enable()
-    try:
-        yield
-    finally:
-        profiler.disable()
-        profiler.dump_stats(path)
+    run_server(gateway_app() if kind == "gateway" else bare_app(), kind, port)
 
 
 # ------------------------------------------------------------------------- the client
