@@ -203,3 +203,17 @@ def _profiled(path: str | None) -> Iterator[None]:
     finally:
         profiler.disable()
         profiler.dump_stats(path)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query on release, as the gateway's pool (gateway/db.py)."""
+
+
+async def bare_pool(size: int) -> asyncpg.Pool:
+    """A bare app's pool of `size` connections to DATABASE_URL, reset as the gateway's is
+    (not at all), so that both pay the same per request."""
+    pool = await asyncpg.create_pool(
+        os.environ["DATABASE_URL"], min_size=size, max_size=size, reset=_keep_session
+    )
+    assert pool is not None
+    return pool

@@ -41,7 +41,14 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from bench._support import bench_env, free_port, scratch_database, server_process, server_urls
+from bench._support import (
+    bare_pool,
+    bench_env,
+    free_port,
+    scratch_database,
+    server_process,
+    server_urls,
+)
 from gateway import idempotency, wallet
 from gateway.api.routing import Call, Idempotency, RouteTable
 from gateway.app import create_app
@@ -180,10 +187,6 @@ class Adjusted(msgspec.Struct):
     balance_fen: int
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """No reset query on release, as the gateway's pool (gateway/db.py)."""
-
-
 async def _claim(
     pool: asyncpg.Pool, request: web.Request, raw: bytes, point: str | None
 ) -> uuid.UUID:
@@ -243,11 +246,7 @@ async def bare_order(request: web.Request) -> web.Response:
 
 def bare_app() -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            os.environ["DATABASE_URL"], min_size=POOL_SIZE, max_size=POOL_SIZE,
-            reset=_keep_session,
-        )  # fmt: skip
-        assert pool is not None
+        pool = await bare_pool(POOL_SIZE)
         app[BARE_POOL] = pool
         async with remote_session() as session:
             app[REMOTE] = session

@@ -91,6 +91,7 @@ from aiohttp import web
 
 from bench._support import (
     PROFILE_ENV,
+    bare_pool,
     bench_env,
     free_port,
     run_server,
@@ -356,17 +357,9 @@ async def _bare_credited(
     return {"id": str(session["id"]), "state": session["state"], "done": done}
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """No reset query on release, as the gateway's pool (gateway/db.py)."""
-
-
 def bare_app() -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            os.environ["DATABASE_URL"], min_size=POOL_SIZE, max_size=POOL_SIZE,
-            reset=_keep_session,
-        )  # fmt: skip
-        assert pool is not None
+        pool = await bare_pool(POOL_SIZE)
         app[BARE_POOL] = pool
         yield
         await pool.close()

@@ -11,7 +11,7 @@ import asyncpg
 # Every card with a float account, or whose last known balance is not 0.
 _CARDS_THAT_DIFFER = """
 SELECT coalesce(c.asn, a.owner) AS asn, coalesce(c.chip_balance_fen, 0) AS chip_balance_fen,
-       coalesce(a.balance_fen, 0) AS float_fen
+       coalesce(a.balance_fen, 0) AS card_float_fen
 FROM cards c
 FULL JOIN (SELECT owner, balance_fen FROM ledger_accounts WHERE kind = 'card_float') a
        ON a.owner = c.asn
@@ -33,7 +33,7 @@ LIMIT 100
 
 async def card_float_matches_chips(conn: asyncpg.Connection) -> list[str]:
     return [
-        f"card {r['asn']}: float {r['float_fen']} fen, last known chip balance "
+        f"card {r['asn']}: card float {r['card_float_fen']} fen, last known chip balance "
         f"{r['chip_balance_fen']} fen"
         for r in await conn.fetch(_CARDS_THAT_DIFFER)
     ]

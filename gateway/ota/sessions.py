@@ -493,8 +493,9 @@ class Engine:
         """The next APDU: prove an unsure load, else initialize the next order, else done."""
         if s.step >= STEPS_MAX:
             return await self._fail(conn, s, _Failed("card_not_ready", "Too many steps."))
-        unsure = await _loads_of_card(conn, s.card_asn, LoadState.UNSURE)
-        if unsure and s.resolving_id is None:
+        # While a `94 06` waits for the counter, nothing else is proved.
+        unsure = [] if s.resolving_id else await _loads_of_card(conn, s.card_asn, LoadState.UNSURE)
+        if unsure:
             counter = unsure[0].online_counter
             assert counter is not None
             prove = A.GetTransactionProve(A.TX_TYPE_LOAD, counter)
@@ -513,16 +514,14 @@ class Engine:
         amount = order.amount_fen - order.refunded_fen
         load_id = await conn.fetchval("SELECT nextval(pg_get_serial_sequence('ota_loads', 'id'))")
         terminal_id = self.terminal_id(load_id)
-        row = await conn.fetchrow(
-            f"INSERT INTO ota_loads (id, session_id, order_id, card_asn, amount_fen, key_index, "  # noqa: S608
-            f"terminal_id) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7) "
-            f"RETURNING {_LOAD_COLUMNS}",
+        await conn.execute(
+            "INSERT INTO ota_loads (id, session_id, order_id, card_asn, amount_fen, key_index, "
+            "terminal_id) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7)",
             load_id, s.id, order.id, s.card_asn, amount, self.key_index, terminal_id,
         )  # fmt: skip
-        assert row is not None
         command = A.InitializeForLoad(self.key_index, amount, terminal_id)
         s = await _update_session(
-            conn, s.id, phase=Phase.INITIALIZE, apdu=command.to_bytes(), load_id=row["id"],
+            conn, s.id, phase=Phase.INITIALIZE, apdu=command.to_bytes(), load_id=load_id,
             step=s.step + 1,
         )  # fmt: skip
         return _step(s)
@@ -674,12 +673,10 @@ async def get_session(
 
 
 async def _lock_load(conn: asyncpg.Connection, load_id: int) -> Load:
-    row = await conn.fetchrow(
-        f"SELECT {_LOAD_COLUMNS} FROM ota_loads WHERE id = $1 FOR UPDATE",  # noqa: S608
-        load_id,
-    )
-    assert row is not None
-    return _load(row)
+    """A load known to exist (a session names it), locked."""
+    load = await lock_load(conn, load_id)
+    assert load is not None
+    return load
 
 
 async def lock_load(conn: asyncpg.Connection, load_id: int) -> Load | None:
